@@ -1,0 +1,147 @@
+"""Per-host leaf certificates and their server-side SSL contexts, minted once and kept.
+
+Owns the bounded LRU of ``ssl.SSLContext`` per host, re-minting a leaf before it expires (time
+comes from an injected clock so tests control it), and the leaf files: Python's ``ssl`` loads
+chains only from files, so each leaf is written once into a private directory beside the CA and
+reused after a restart when it is still valid, issued by the same CA and carries the current leaf
+key. Lookups never await, so two trio tasks cannot both mint one host; a lock makes the same true
+across threads (single flight).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mitmlite.ca.authority import PrivateKey, RootCA, is_issued_by, mint_leaf
+from mitmlite.ca.files import (
+    LEAF_KEY_NAME,
+    LEAVES_DIR,
+    ensure_private_dir,
+    key_to_pem,
+    write_file,
+    write_private,
+)
+from mitmlite.ca.names import LeafName, leaf_name
+from mitmlite.tls.contexts import leaf_context
+
+Clock = Callable[[], dt.datetime]
+
+# A leaf with less than this left is replaced, so no client ever sees one expire mid-session.
+REMINT_MARGIN = dt.timedelta(days=7)
+DEFAULT_MAX_HOSTS = 1000
+
+
+def utc_now() -> dt.datetime:
+    """The real clock."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedLeaf:
+    """One host's leaf and the context that presents it."""
+
+    cert: x509.Certificate
+    context: ssl.SSLContext
+
+    def fresh(self, now: dt.datetime) -> bool:
+        """True while the leaf has more than the re-mint margin left."""
+        return now < self.cert.not_valid_after_utc - REMINT_MARGIN
+
+
+class LeafCache:
+    """Bounded LRU of per-host leaf contexts under one root CA."""
+
+    def __init__(
+        self,
+        root: RootCA,
+        directory: Path,
+        *,
+        max_hosts: int = DEFAULT_MAX_HOSTS,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.root = root
+        self.directory = directory
+        self.max_hosts = max_hosts
+        self.clock = clock
+        self.mints = 0
+        self._entries: OrderedDict[str, CachedLeaf] = OrderedDict()
+        self._lock = threading.Lock()
+        ensure_private_dir(directory)
+        self.key_path = directory / LEAF_KEY_NAME
+        self.leaf_key = _load_or_create_leaf_key(self.key_path)
+
+    def context_for(self, host: str) -> ssl.SSLContext:
+        """The server-side context for ``host``; raises InvalidHostError for invalid names."""
+        return self.leaf_for(host).context
+
+    def leaf_for(self, host: str) -> CachedLeaf:
+        """The cached leaf for ``host``, minting or reloading it when missing or near expiry."""
+        with self._lock:
+            entry = self._entries.get(host)
+            now = self.clock()
+            if entry is not None and entry.fresh(now):
+                self._entries.move_to_end(host)
+                return entry
+            entry = self._obtain(leaf_name(host), now)
+            self._entries[host] = entry
+            self._entries.move_to_end(host)
+            while len(self._entries) > self.max_hosts:
+                self._entries.popitem(last=False)
+            return entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _obtain(self, name: LeafName, now: dt.datetime) -> CachedLeaf:
+        path = self.directory / (name.text.replace(":", "_") + ".pem")
+        cert = self._reusable(path, now)
+        if cert is None:
+            cert = mint_leaf(self.root, self.leaf_key, name, now)
+            self.mints += 1
+            chain = cert.public_bytes(serialization.Encoding.PEM) + self.root.cert.public_bytes(
+                serialization.Encoding.PEM
+            )
+            write_file(path, chain, mode=0o600, durable=False)
+        return CachedLeaf(cert=cert, context=leaf_context(path, self.key_path))
+
+    def _reusable(self, path: Path, now: dt.datetime) -> x509.Certificate | None:
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        ok = (
+            cert.public_key() == self.leaf_key.public_key()
+            and cert.not_valid_before_utc <= now
+            and is_issued_by(cert, self.root)
+        )
+        entry_is_fresh = now < cert.not_valid_after_utc - REMINT_MARGIN
+        return cert if ok and entry_is_fresh else None
+
+
+def leaves_dir(ca_dir: Path) -> Path:
+    """Where leaf files for the CA in ``ca_dir`` live."""
+    return ca_dir / LEAVES_DIR
+
+
+def _load_or_create_leaf_key(path: Path) -> PrivateKey:
+    # One key for every leaf: minting then costs a signature, not a key generation. It is never
+    # the CA key, so a leaked leaf key cannot issue certificates (and Windows SChannel accepts it).
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        key = None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key
+    fresh = ec.generate_private_key(ec.SECP256R1())
+    write_private(path, key_to_pem(fresh))
+    return fresh

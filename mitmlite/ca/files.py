@@ -1,0 +1,199 @@
+"""The CA on disk: where it lives, how it is found, loaded and written.
+
+Owns the CA home (``MITMLITE_HOME`` or ``~/.mitmlite``), the mkcert sibling rule
+(``rootCA.pem`` + ``rootCA-key.pem``), loading with one-line errors, and private writes: files
+0600 and directories 0700, written atomically so a crash never leaves half a key. It never logs
+key material; warnings are returned to the caller as text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import secrets
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from mitmlite.ca.authority import KeyType, PrivateKey, RootCA, check_root, create_root
+from mitmlite.errors import CAError
+
+CERT_NAME = "rootCA.pem"
+KEY_NAME = "rootCA-key.pem"
+LEAF_KEY_NAME = "mitmlite-leaf-key.pem"
+LEAVES_DIR = "mitmlite-leaves"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedCA:
+    """A checked root CA, where it came from, and warnings for the user (never key material)."""
+
+    root: RootCA
+    cert_path: Path
+    key_path: Path
+    warnings: tuple[str, ...] = ()
+
+
+def default_home(environ: dict[str, str] | os._Environ[str]) -> Path:
+    """The CA home: ``MITMLITE_HOME`` when set, else ``~/.mitmlite``."""
+    home = environ.get("MITMLITE_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".mitmlite"
+
+
+def install_name(now: dt.datetime) -> str:
+    """A CN unique to this install so two installs never collide in one trust store."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "user"
+    return f"mitmlite CA {user}@{socket.gethostname()} {now:%Y-%m-%d} {secrets.token_hex(3)}"
+
+
+def init_ca(directory: Path, now: dt.datetime, key_type: KeyType = "ec") -> LoadedCA:
+    """Create ``rootCA.pem`` and ``rootCA-key.pem`` in ``directory``; refuse to overwrite."""
+    cert_path, key_path = directory / CERT_NAME, directory / KEY_NAME
+    for path in (cert_path, key_path):
+        if path.exists():
+            raise CAError(f"{path} already exists; refusing to overwrite a CA")
+    ensure_private_dir(directory)
+    root = create_root(install_name(now), now, key_type)
+    write_private(key_path, key_to_pem(root.key))
+    write_file(cert_path, root.cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return LoadedCA(root=root, cert_path=cert_path, key_path=key_path)
+
+
+def load_or_init(directory: Path, now: dt.datetime) -> tuple[LoadedCA, bool]:
+    """Load the CA in ``directory``, creating it first when there is none; True when created."""
+    if (directory / CERT_NAME).exists():
+        return load_ca(directory / CERT_NAME, None, None, now), False
+    return init_ca(directory, now), True
+
+
+def load_ca(
+    cert_path: Path, key_path: Path | None, password: bytes | None, now: dt.datetime
+) -> LoadedCA:
+    """Load and check a CA; its key comes from ``key_path``, the same file or the mkcert sibling."""
+    cert_pem = _read(cert_path, "CA certificate")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise CAError(f"no PEM certificate found in {cert_path}") from exc
+    key, found_at = _find_key(cert_path, cert_pem, key_path, password)
+    root = check_root(cert, key, now)
+    warnings = _permission_warnings(found_at)
+    return LoadedCA(root=root, cert_path=cert_path, key_path=found_at, warnings=warnings)
+
+
+def key_candidates(cert_path: Path, key_path: Path | None) -> list[Path]:
+    """Every place a CA key is looked for, in order."""
+    if key_path is not None:
+        return [key_path]
+    stem = cert_path.name.removesuffix(".pem").removesuffix(".crt")
+    return [cert_path, cert_path.with_name(f"{stem}-key.pem")]
+
+
+def _find_key(
+    cert_path: Path, cert_pem: bytes, key_path: Path | None, password: bytes | None
+) -> tuple[PrivateKey, Path]:
+    looked: list[str] = []
+    for candidate in key_candidates(cert_path, key_path):
+        data = cert_pem if candidate == cert_path else _read_optional(candidate, key_path)
+        if data is None or b"PRIVATE KEY-----" not in data:
+            looked.append(str(candidate))
+            continue
+        return _parse_key(data, candidate, password), candidate
+    raise CAError(f"no CA private key found; looked in: {', '.join(looked)} (use --ca-key)")
+
+
+def _parse_key(data: bytes, path: Path, password: bytes | None) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=password)
+    except TypeError as exc:
+        if password is None:
+            raise CAError(
+                f"the CA key in {path} is encrypted: give its passphrase with --ca-pass "
+                "or MITMLITE_CA_PASS"
+            ) from exc
+        raise CAError(f"the CA key in {path} is not encrypted, but a passphrase was given") from exc
+    except ValueError as exc:
+        reason = "wrong passphrase or " if password is not None else ""
+        raise CAError(f"cannot read the CA key in {path}: {reason}not a valid PEM key") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise CAError(f"the CA key in {path} is {type(key).__name__}; use an EC or RSA key")
+    return key
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CAError(f"{what} {path} does not exist") from exc
+    except OSError as exc:
+        raise CAError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def _read_optional(path: Path, explicit: Path | None) -> bytes | None:
+    if explicit is not None:
+        return _read(path, "CA key")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CAError(f"cannot read CA key {path}: {exc.strerror}") from exc
+
+
+def _permission_warnings(key_path: Path) -> tuple[str, ...]:
+    mode = key_path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (
+            f"warning: CA key {key_path} is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {key_path}",
+        )
+    return ()
+
+
+def key_to_pem(key: PrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted: the file mode is what protects it, as with mkcert."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def ensure_private_dir(directory: Path) -> None:
+    """Create ``directory`` (and parents) and make it 0700."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically write a secret: the file is 0600 from its first byte, never world-readable."""
+    write_file(path, data, mode=0o600)
+
+
+def write_file(path: Path, data: bytes, *, mode: int, durable: bool = True) -> None:
+    """Write ``data`` to a temporary sibling created with ``mode``, then rename it over ``path``.
+
+    ``durable`` adds an fsync first; leaf files skip it because a torn leaf is simply re-minted.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # the umask may have narrowed or (for 0644) cut the mode
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
