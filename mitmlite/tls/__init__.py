@@ -1,0 +1,1 @@
+"""TLS pieces: ClientHello parsing (pure) and the SSL contexts the proxy uses."""
