@@ -1,0 +1,256 @@
+"""The command line: ``mitmlite`` (run the proxy) and ``mitmlite ca init|show|export``.
+
+Owns option parsing (every option also read from a ``MITMLITE_*`` variable), wiring the CA, the
+leaf cache, the upstream context and the server together once, and turning any
+``MitmliteError`` into one stderr line with exit status 2. Nothing imports this module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, ParamSpec, TypeVar
+
+import click
+from cryptography.hazmat.primitives import serialization
+
+from mitmlite import __version__
+from mitmlite.ca.cache import LeafCache, leaves_dir
+from mitmlite.ca.files import LoadedCA, default_home, init_ca, load_ca, load_or_init, write_file
+from mitmlite.ca.trust import describe, instructions
+from mitmlite.config import DEFAULT_LISTEN, Config, Limits, Timeouts, is_loopback, parse_listen
+from mitmlite.errors import MitmliteError
+from mitmlite.server import run
+
+P = ParamSpec("P")
+R = TypeVar("R")
+FC = TypeVar("FC", bound=Callable[..., Any])
+# Defaults shown in --help come from the dataclasses, so they are stated once.
+_T = Timeouts()
+_L = Limits()
+
+
+class Failure(click.ClickException):
+    """A MitmliteError on its way to the user: one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"mitmlite: error: {self.format_message()}", err=True)
+
+
+def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn MitmliteError (config, CA, scripts) into a Failure instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except MitmliteError as exc:
+            raise Failure(str(exc)) from exc
+
+    return wrapper
+
+
+def ca_options(func: Callable[P, R]) -> Callable[P, R]:
+    """The options that choose a CA, shared by running the proxy and ``ca show/export``."""
+    func = click.option(
+        "--ca-pass",
+        envvar="MITMLITE_CA_PASS",
+        show_envvar=True,
+        help="Passphrase of an encrypted CA key.",
+    )(func)
+    func = click.option(
+        "--ca-key",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="MITMLITE_CA_KEY",
+        show_envvar=True,
+        help="CA private key [default: in the --ca file, else its mkcert sibling *-key.pem].",
+    )(func)
+    return click.option(
+        "--ca",
+        "ca_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="MITMLITE_CA",
+        show_envvar=True,
+        help="Root CA certificate (PEM), e.g. mkcert's rootCA.pem "
+        "[default: MITMLITE_HOME/rootCA.pem, created on first run].",
+    )(func)
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def obtain_ca(ca_path: Path | None, ca_key: Path | None, ca_pass: str | None) -> LoadedCA:
+    """Load the chosen CA, or the home CA (creating it on first use with a notice)."""
+    password = ca_pass.encode() if ca_pass else None
+    if ca_path is not None:
+        loaded = load_ca(ca_path, ca_key, password, now_utc())
+    else:
+        home = default_home(os.environ)
+        loaded, created = load_or_init(home, now_utc())
+        if created:
+            click.echo(f"mitmlite: created a new root CA in {home}", err=True)
+            click.echo(instructions(loaded.cert_path), err=True)
+    for warning in loaded.warnings:
+        click.echo(f"mitmlite: {warning}", err=True)
+    return loaded
+
+
+def leaf_cache(loaded: LoadedCA, max_hosts: int) -> LeafCache:
+    """The leaf cache beside the CA, or in a private temp dir when the CA's folder is read-only."""
+    try:
+        return LeafCache(loaded.root, leaves_dir(loaded.cert_path.parent), max_hosts=max_hosts)
+    except OSError:
+        fallback = Path(tempfile.mkdtemp(prefix="mitmlite-leaves-"))
+        return LeafCache(loaded.root, fallback, max_hosts=max_hosts)
+
+
+def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], FC]:
+    """A numeric tuning option whose environment variable is derived from its flag."""
+    env = "MITMLITE_" + flag.lstrip("-").replace("-", "_").upper()
+    return click.option(flag, type=kind, default=default, envvar=env, show_envvar=True, help=text)
+
+
+@click.group(invoke_without_command=True, context_settings={"show_default": True})
+@click.version_option(__version__, prog_name="mitmlite")
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    envvar="MITMLITE_LISTEN",
+    show_envvar=True,
+    help="Address to accept proxy clients on; a non-loopback address exposes the proxy.",
+)
+@ca_options
+@click.option(
+    "--upstream-ca",
+    "upstream_cas",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="MITMLITE_UPSTREAM_CA",
+    show_envvar=True,
+    help="Extra CA (PEM) to trust for upstream servers, besides the system store; repeatable.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="MITMLITE_INSECURE",
+    show_envvar=True,
+    help="DANGEROUS: do not verify upstream certificates.",
+)
+@click.option("-q", "--quiet", is_flag=True, envvar="MITMLITE_QUIET", help="No flow lines.")
+@tuning("--connect-timeout", float, _T.connect, "Seconds to connect to an upstream.")
+@tuning("--handshake-timeout", float, _T.handshake, "Seconds for a TLS handshake.")
+@tuning("--idle-timeout", float, _T.idle, "Close keep-alive connections idle this long (s).")
+@tuning("--read-timeout", float, _T.upstream_response, "Seconds to wait for a response (504).")
+@tuning("--max-header-size", int, _L.max_header_bytes, "Bytes of request head before a 431.")
+@tuning("--max-connections", int, _L.max_connections, "Concurrent client connections.")
+@tuning("--leaf-cache-size", int, _L.leaf_cache_hosts, "Hosts whose leaves stay cached.")
+@click.pass_context
+@reports_errors
+def cli(ctx: click.Context, /, **options: Any) -> None:
+    """mitmlite: an intercepting HTTPS proxy. Without a command, it runs the proxy."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = build_config(options)
+    loaded = obtain_ca(options["ca_path"], options["ca_key"], options["ca_pass"])
+    cache = leaf_cache(loaded, config.limits.leaf_cache_hosts)
+    warn_if_exposed(config)
+    run(config, loaded, cache)
+
+
+def build_config(options: dict[str, Any]) -> Config:
+    """Turn validated click values into the immutable Config."""
+    host, port = parse_listen(options["listen"])
+    timeouts = Timeouts(
+        connect=options["connect_timeout"],
+        handshake=options["handshake_timeout"],
+        idle=options["idle_timeout"],
+        upstream_response=options["read_timeout"],
+    )
+    limits = Limits(
+        max_header_bytes=options["max_header_size"],
+        max_connections=options["max_connections"],
+        leaf_cache_hosts=options["leaf_cache_size"],
+    )
+    return Config(
+        listen_host=host,
+        listen_port=port,
+        upstream_cas=tuple(options["upstream_cas"]),
+        insecure=options["insecure"],
+        quiet=options["quiet"],
+        timeouts=timeouts,
+        limits=limits,
+    )
+
+
+@cli.group()
+def ca() -> None:
+    """Create, show and export the root CA."""
+
+
+@ca.command("init")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), required=False)
+@click.option("--rsa", is_flag=True, help="RSA 3072 key instead of EC P-256, for old clients.")
+@reports_errors
+def ca_init(directory: Path | None, rsa: bool) -> None:
+    """Create rootCA.pem and rootCA-key.pem in DIRECTORY [default: MITMLITE_HOME]."""
+    target = directory or default_home(os.environ)
+    loaded = init_ca(target, now_utc(), "rsa" if rsa else "ec")
+    click.echo(f"created {loaded.cert_path} and {loaded.key_path} (mode 0600)")
+    click.echo(describe(loaded.root, loaded.cert_path))
+    click.echo(instructions(loaded.cert_path))
+
+
+@ca.command("show")
+@ca_options
+@reports_errors
+def ca_show(ca_path: Path | None, ca_key: Path | None, ca_pass: str | None) -> None:
+    """Print the CA's subject, validity and fingerprint, and how to trust it."""
+    loaded = obtain_ca(ca_path, ca_key, ca_pass)
+    click.echo(describe(loaded.root, loaded.cert_path))
+    click.echo(instructions(loaded.cert_path))
+
+
+@ca.command("export")
+@ca_options
+@click.option("--der", is_flag=True, help="DER (.cer/.crt for Windows, Android) instead of PEM.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File to write [default: stdout for PEM].")  # fmt: skip
+@reports_errors
+def ca_export(
+    ca_path: Path | None, ca_key: Path | None, ca_pass: str | None, der: bool, output: Path | None
+) -> None:
+    """Export the CA certificate (never its key) as PEM or DER."""
+    loaded = obtain_ca(ca_path, ca_key, ca_pass)
+    encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
+    data = loaded.root.cert.public_bytes(encoding)
+    if output is not None:
+        write_file(output, data, mode=0o644)
+        click.echo(f"wrote {output}", err=True)
+    elif der and sys.stdout.isatty():
+        raise Failure("refusing to write DER to a terminal; use -o FILE")
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="mitmlite")
+
+
+def warn_if_exposed(config: Config) -> None:
+    """Binding beyond loopback lets others on the network use the proxy and see its traffic."""
+    if not is_loopback(config.listen_host):
+        click.echo(
+            f"mitmlite: WARNING: listening on {config.listen_host}, not loopback: anyone who can "
+            "reach this address can use the proxy",
+            err=True,
+        )

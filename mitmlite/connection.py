@@ -1,0 +1,212 @@
+"""One client connection: the proxy request, then interception, a tunnel, or plain proxying.
+
+Owns reading the first request (absolute-form requests go straight to the relay), answering
+``CONNECT``, peeking at the client's first bytes inside the tunnel (a ClientHello is parsed before
+any handshake; plain HTTP is relayed as HTTP; anything else is piped raw), and taking the client's
+TLS handshake with the leaf for its SNI. Connection-level failures are logged here in one line.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import cast
+
+import h11
+import trio
+
+from mitmlite.ca.cache import LeafCache
+from mitmlite.errors import ClientError, MitmliteError
+from mitmlite.http1 import ConnectTarget, classify_request, error_response, reason_phrase
+from mitmlite.relay import Destination, Relay, RelayEnv
+from mitmlite.streams import PrefixedStream, pipe
+from mitmlite.tls.clienthello import (
+    MAX_HELLO_LENGTH,
+    ClientHello,
+    looks_like_tls,
+    parse_client_hello,
+)
+from mitmlite.upstream import open_tcp
+
+# TLS alerts a client sends when it rejects our certificate (RFC 8446 §6.2): a pinned app, or a
+# client that was never told to trust the mitmlite CA.
+_DISTRUST_ALERTS = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")
+# A client that will not even read our refusal must not hold its task for longer than this.
+_REFUSAL_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEnv:
+    """What every client connection needs: the relay's environment and the leaf cache."""
+
+    relay: RelayEnv
+    leaves: LeafCache
+
+
+def peer_name(stream: trio.abc.Stream) -> str:
+    """``ip:port`` of the client, for logs."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            host, port, *_ = stream.socket.getpeername()
+        except OSError:
+            return "?"
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return "memory"
+
+
+async def handle_client(env: ConnectionEnv, stream: trio.abc.Stream) -> None:
+    """Serve one client connection to its end."""
+    name = peer_name(stream)
+    conn = new_server_conn(env)
+    request = await Relay(env.relay, stream, conn, name, fixed=None).run()
+    if request is not None:
+        await _connect(env, stream, conn, name, request)
+
+
+def new_server_conn(env: ConnectionEnv) -> h11.Connection:
+    """An h11 server-side machine with our header limit (h11 answers overruns with a 431 hint)."""
+    limit = env.relay.config.limits.max_header_bytes
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
+
+
+async def _connect(
+    env: ConnectionEnv, stream: trio.abc.Stream, conn: h11.Connection, name: str, req: h11.Request
+) -> None:
+    try:
+        target = classify_request(b"CONNECT", req.target)
+        if not isinstance(target, ConnectTarget):
+            raise ClientError("CONNECT needs a host:port target")
+    except ClientError as exc:
+        env.relay.sink.event(
+            name, f"CONNECT {req.target.decode('ascii', 'replace')} -> error: {exc}"
+        )
+        await _refuse(conn, stream, exc)
+        return
+    while isinstance(conn.next_event(), h11.Data | h11.EndOfMessage):
+        pass  # drain the CONNECT's (empty) body so h11 sees the request complete
+    reply = h11.Response(status_code=200, reason=b"Connection established", headers=[])
+    await stream.send_all(conn.send(reply) or b"")
+    early = conn.trailing_data[0]
+    await _tunnel(env, stream, name, target, early)
+
+
+async def _refuse(conn: h11.Connection, stream: trio.abc.Stream, exc: MitmliteError) -> None:
+    status = exc.status or 400
+    headers, body = error_response(status, str(exc))
+    response = h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+    data = conn.send(response) or b""
+    data += (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+    with trio.move_on_after(_REFUSAL_SECONDS):
+        await stream.send_all(data)
+
+
+async def _tunnel(
+    env: ConnectionEnv, stream: trio.abc.Stream, name: str, target: ConnectTarget, early: bytes
+) -> None:
+    timeouts = env.relay.config.timeouts
+    first = early
+    with trio.move_on_after(timeouts.handshake):
+        while not first:
+            first = cast(bytes, await stream.receive_some(env.relay.config.limits.read_size))
+            if not first:
+                return  # the client closed the tunnel without sending anything
+    if looks_like_tls(first):
+        hello, first = await _read_client_hello(env, stream, first, name, target)
+        if hello is not None:
+            await _intercept(env, PrefixedStream(stream, first), name, target, hello)
+    elif _looks_like_http(first):
+        dest = Destination(target.host, target.port, tls=False)
+        conn = new_server_conn(env)
+        await Relay(env.relay, PrefixedStream(stream, first), conn, name, fixed=dest).run()
+    else:
+        await _raw_tunnel(env, PrefixedStream(stream, first), name, target)
+
+
+async def _read_client_hello(
+    env: ConnectionEnv, stream: trio.abc.Stream, data: bytes, name: str, target: ConnectTarget
+) -> tuple[ClientHello | None, bytes]:
+    """Read until the whole ClientHello is in ``data``; None (logged) when it is malformed."""
+    try:
+        with trio.fail_after(env.relay.config.timeouts.handshake):
+            while not isinstance(hello := parse_client_hello(data), ClientHello):
+                if len(data) > 2 * MAX_HELLO_LENGTH:
+                    raise ClientError("ClientHello is larger than 128 KiB")
+                more = await stream.receive_some(env.relay.config.limits.read_size)
+                if not more:
+                    raise ClientError("client closed the connection inside its ClientHello")
+                data += more
+    except trio.TooSlowError:
+        env.relay.sink.event(name, f"{target.authority} error: ClientHello not received in time")
+        return None, data
+    except ClientError as exc:
+        env.relay.sink.event(name, f"{target.authority} error: {exc}")
+        return None, data
+    return hello, data
+
+
+async def _intercept(
+    env: ConnectionEnv,
+    stream: trio.abc.Stream,
+    name: str,
+    target: ConnectTarget,
+    hello: ClientHello,
+) -> None:
+    server_name = hello.sni or target.host
+    try:
+        context = env.leaves.context_for(server_name)
+    except MitmliteError as exc:
+        env.relay.sink.event(name, f"{target.authority} error: no certificate: {exc}")
+        return
+    tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+    if not await _client_handshake(env, tls, name, server_name):
+        return
+    dest = Destination(target.host, target.port, tls=True, server_name=server_name)
+    try:
+        await Relay(env.relay, tls, new_server_conn(env), name, fixed=dest).run()
+    finally:
+        with trio.CancelScope(shield=True):
+            await tls.aclose()
+
+
+async def _client_handshake(
+    env: ConnectionEnv, tls: trio.SSLStream[trio.abc.Stream], name: str, server_name: str
+) -> bool:
+    try:
+        with trio.fail_after(env.relay.config.timeouts.handshake):
+            await tls.do_handshake()
+    except trio.TooSlowError:
+        env.relay.sink.event(name, f"{server_name} error: client TLS handshake timed out")
+        return False
+    except trio.BrokenResourceError as exc:
+        env.relay.sink.event(name, f"{server_name} error: {_handshake_reason(exc, server_name)}")
+        return False
+    return True
+
+
+def _handshake_reason(exc: trio.BrokenResourceError, server_name: str) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError):
+        reason = cause.reason or str(cause)
+        if any(alert in reason for alert in _DISTRUST_ALERTS):
+            return f"client does not trust the mitmlite CA for {server_name} ({reason})"
+        return f"client TLS handshake failed: {reason}"
+    return "client closed the connection during the TLS handshake"
+
+
+def _looks_like_http(data: bytes) -> bool:
+    method, space, _ = data[:16].partition(b" ")
+    return bool(space) and method.isalpha() and method.isupper()
+
+
+async def _raw_tunnel(
+    env: ConnectionEnv, stream: trio.abc.Stream, name: str, target: ConnectTarget
+) -> None:
+    timeouts = env.relay.config.timeouts
+    try:
+        upstream = await open_tcp(target.host, target.port, timeouts.connect)
+    except MitmliteError as exc:
+        env.relay.sink.event(name, f"{target.authority} tunnel error: {exc}")
+        return
+    async with upstream:
+        sent, received = await pipe(stream, upstream, timeouts.idle)
+    env.relay.sink.event(name, f"{target.authority} tunnel closed: {sent}b up, {received}b down")

@@ -1,0 +1,421 @@
+"""The HTTP/1.1 relay: h11 on both legs, one request/response cycle at a time.
+
+Owns reading requests from the client, choosing and (re)opening the upstream connection, sending
+the request on, streaming both bodies chunk by chunk (nothing is buffered), relaying 1xx,
+keep-alive on both legs, and handing over to a raw pipe after ``101 Switching Protocols``. Errors
+before a response has started become a 4xx/5xx with a one-line reason; after that the only honest
+thing left is to close the client connection. Every finished exchange goes to the ``FlowSink``.
+
+HTTP/1.1 is turn-taking, so this is one loop with one writer per stream, not a task per direction.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+from mitmlite.config import Config
+from mitmlite.errors import (
+    ClientError,
+    ClientTimeoutError,
+    HeaderTooLargeError,
+    MitmliteError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from mitmlite.flow import FlowRecord, FlowSink
+from mitmlite.http1 import (
+    ConnectTarget,
+    classify_request,
+    error_response,
+    is_upgrade_request,
+    reason_phrase,
+    strip_hop_by_hop,
+)
+from mitmlite.streams import PrefixedStream, pipe
+from mitmlite.upstream import Upstream, open_tcp, start_tls
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where requests go: an origin, reached over TLS (with ``server_name``) or plain TCP."""
+
+    host: str
+    port: int
+    tls: bool
+    server_name: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """``scheme://host[:port]`` for URLs in logs, the port left out when it is the default."""
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.tls else 80
+        return f"{scheme}://{host}" if self.port == default else f"{scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayEnv:
+    """Per-process things every relay shares: built once by the CLI."""
+
+    config: Config
+    upstream_tls: ssl.SSLContext
+    sink: FlowSink
+
+
+class _StaleUpstreamError(Exception):
+    """A reused upstream connection closed before answering: retry once on a fresh one."""
+
+
+class Relay:
+    """Relays requests from one client connection until it closes or asks to CONNECT."""
+
+    def __init__(
+        self,
+        env: RelayEnv,
+        client: trio.abc.Stream,
+        conn: h11.Connection,
+        client_name: str,
+        fixed: Destination | None,
+    ) -> None:
+        self.env = env
+        self.timeouts = env.config.timeouts
+        self.read_size = env.config.limits.read_size
+        self.client = client
+        self.conn = conn
+        self.client_name = client_name
+        self.fixed = fixed
+        self.upstreams: dict[tuple[str, int], Upstream] = {}
+
+    async def run(self, first: h11.Request | None = None) -> h11.Request | None:
+        """Serve requests; returns a CONNECT request met on a plain proxy connection, else None."""
+        try:
+            request = first
+            while True:
+                if request is None:
+                    request = await self._receive_request()
+                    if request is None:
+                        return None
+                if self.fixed is None and request.method == b"CONNECT":
+                    return request
+                if not await self.cycle(request):
+                    return None
+                request = None
+        finally:
+            with trio.CancelScope(shield=True):
+                for upstream in self.upstreams.values():
+                    await upstream.stream.aclose()
+
+    async def _receive_request(self) -> h11.Request | None:
+        """The next request, or None after answering a bad or slow one with its 4xx."""
+        try:
+            return await self.next_request()
+        except MitmliteError as exc:
+            self.env.sink.event(self.client_name, f"error: {exc}")
+            await self._fail(exc, None)
+            return None
+
+    async def next_request(self) -> h11.Request | None:
+        """The next request head, or None when the client closes or stays idle too long."""
+        if self.conn.our_state is not h11.IDLE:
+            return None
+        started = bool(self.conn.trailing_data[0])
+        while True:
+            event = self._next_client_event()
+            if isinstance(event, h11.Request):
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # ConnectionClosed, or PAUSED after a protocol switch
+            deadline = self.timeouts.request_header if started else self.timeouts.idle
+            with trio.move_on_after(deadline):
+                data = await self.client.receive_some(self.read_size)
+                self.conn.receive_data(cast(bytes, data))
+                started = True
+                continue
+            if started:
+                raise ClientTimeoutError(f"request head not received within {deadline:g} s")
+            return None
+
+    def _next_client_event(self) -> h11.Event | type[h11.PAUSED] | type[h11.NEED_DATA]:
+        try:
+            return self.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                limit = self.env.config.limits.max_header_bytes // 1024
+                raise HeaderTooLargeError(f"request header block exceeds {limit} KiB") from exc
+            raise ClientError(f"malformed request: {exc}") from exc
+
+    async def cycle(self, request: h11.Request) -> bool:
+        """One exchange; returns True when the client connection can carry another one."""
+        record = FlowRecord(
+            client=self.client_name,
+            method=request.method.decode("ascii", "replace"),
+            url=request.target.decode("ascii", "replace"),
+            started=time.monotonic(),
+        )
+        try:
+            await self._exchange(request, record)
+        except MitmliteError as exc:
+            record.error = str(exc)
+            await self._fail(exc, record)
+            return False
+        finally:
+            record.duration = time.monotonic() - record.started
+            self.env.sink.flow(record)
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            return True
+        return False
+
+    async def _fail(self, exc: MitmliteError, record: FlowRecord | None) -> None:
+        """Answer with the error when no response has started; either way the client is done."""
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or exc.status is None:
+            return
+        if record is not None:
+            record.status = exc.status
+        headers, body = error_response(exc.status, str(exc))
+        try:
+            with trio.move_on_after(self.timeouts.handshake):
+                await self._send_client(
+                    h11.Response(
+                        status_code=exc.status, headers=headers, reason=reason_phrase(exc.status)
+                    )
+                )
+                await self._send_client(h11.Data(data=body), h11.EndOfMessage())
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+
+    async def _exchange(self, request: h11.Request, record: FlowRecord) -> None:
+        dest, target, headers = self._route(request, record)
+        upgrade = is_upgrade_request(request.headers)
+        headers = strip_hop_by_hop(headers, keep_upgrade=upgrade)
+        if _expects_continue(headers):
+            # We answer 100 ourselves, as mitmproxy does: the upstream gets the body without
+            # waiting, and clients that wait for a 100 (curl, 1 s) do not stall on the proxy.
+            headers = [(n, v) for n, v in headers if n.lower() != b"expect"]
+            if self.conn.client_is_waiting_for_100_continue:
+                await self._send_client(h11.InformationalResponse(status_code=100, headers=[]))
+        outgoing = h11.Request(method=request.method, target=target, headers=headers)
+        upstream = await self._send_request(dest, outgoing, record)
+        await self._relay_response(upstream, record, upgrade)
+
+    def _route(
+        self, request: h11.Request, record: FlowRecord
+    ) -> tuple[Destination, bytes, list[tuple[bytes, bytes]]]:
+        headers: Headers = list(request.headers)
+        if self.fixed is not None:
+            path = request.target
+            if not path.startswith(b"/") and path != b"*":
+                # RFC 9112 §3.2.2: servers accept absolute-form too; the tunnel fixes the origin.
+                split = urlsplit(path)
+                path = (split.path or b"/") + (b"?" + split.query if split.query else b"")
+            record.url = self.fixed.origin + path.decode("ascii", "replace")
+            return self.fixed, path, headers
+        target = classify_request(request.method, request.target)
+        if isinstance(target, ConnectTarget):  # run() hands CONNECT back before we get here
+            raise ClientError("CONNECT is only accepted as a connection's first request")
+        record.url = target.url
+        # RFC 9112 §3.2.2: a proxy replaces Host with the authority of the absolute-form target.
+        headers = [(n, v) for n, v in headers if n.lower() != b"host"]
+        headers.insert(0, (b"Host", target.host_header))
+        return Destination(target.host, target.port, tls=False), target.path, headers
+
+    async def _send_request(
+        self, dest: Destination, request: h11.Request, record: FlowRecord
+    ) -> Upstream:
+        """Send the request head and body; a stale reused connection is retried once."""
+        upstream, reused = await self._upstream_for(dest)
+        try:
+            await self._send_head(upstream, request)
+        except _StaleUpstreamError:
+            await self._drop(upstream)
+            if not reused:
+                raise UpstreamError(f"{dest.host}:{dest.port} closed the connection") from None
+            upstream, _ = await self._upstream_for(dest)
+            await self._send_head(upstream, request)
+        record.request_bytes = await self._relay_request_body(upstream)
+        return upstream
+
+    async def _send_head(self, upstream: Upstream, request: h11.Request) -> None:
+        try:
+            await upstream.stream.send_all(upstream.conn.send(request) or b"")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _StaleUpstreamError from exc
+
+    async def _upstream_for(self, dest: Destination) -> tuple[Upstream, bool]:
+        existing = self.upstreams.get((dest.host, dest.port))
+        if existing is not None:
+            if existing.reusable():
+                return existing, True
+            await self._drop(existing)
+        tcp = await open_tcp(dest.host, dest.port, self.timeouts.connect)
+        stream: trio.abc.Stream = tcp
+        if dest.tls:
+            server_name = dest.server_name or dest.host
+            try:
+                stream = await start_tls(
+                    tcp, server_name, self.env.upstream_tls, self.timeouts.handshake
+                )
+            except BaseException:
+                await tcp.aclose()
+                raise
+        upstream = Upstream(dest.host, dest.port, stream, tcp, h11.Connection(h11.CLIENT))
+        self.upstreams[upstream.key] = upstream
+        return upstream, False
+
+    async def _drop(self, upstream: Upstream) -> None:
+        self.upstreams.pop(upstream.key, None)
+        with trio.CancelScope(shield=True):
+            await upstream.stream.aclose()
+
+    async def _relay_request_body(self, upstream: Upstream) -> int:
+        """Stream the client's body to the upstream; returns the body size."""
+        sent = 0
+        while True:
+            event = self._next_client_event()
+            if event is h11.NEED_DATA:
+                with _deadline(self.timeouts.read, "client", "request body"):
+                    self.conn.receive_data(
+                        cast(bytes, await self.client.receive_some(self.read_size))
+                    )
+                continue
+            if isinstance(event, h11.Data):
+                sent += len(event.data)
+            elif not isinstance(event, h11.EndOfMessage):
+                raise ClientError("client closed the connection before the request body ended")
+            await self._send_upstream(upstream, event)
+            if isinstance(event, h11.EndOfMessage):
+                return sent
+
+    async def _relay_response(self, upstream: Upstream, record: FlowRecord, upgrade: bool) -> None:
+        """Relay 1xx and the final response from upstream to client, body streamed."""
+        head = await self._response_head(upstream)
+        while isinstance(head, h11.InformationalResponse):
+            if head.status_code == 101 and upgrade:
+                record.status = 101
+                await self._switch_protocols(upstream, head, record)
+                return
+            await self._send_client(_informational(head))
+            head = await self._response_head(upstream)
+        record.status = head.status_code
+        headers = strip_hop_by_hop(head.headers)
+        await self._send_client(h11.Response(status_code=head.status_code, headers=headers,
+                                             reason=head.reason))  # fmt: skip
+        record.response_bytes = await self._relay_response_body(upstream)
+        await self._finish_upstream(upstream)
+
+    async def _response_head(self, upstream: Upstream) -> h11.Response | h11.InformationalResponse:
+        where = f"{upstream.host}:{upstream.port}"
+        timeout = self.timeouts.upstream_response
+        try:
+            with trio.fail_after(timeout):
+                while True:
+                    event = await self._next_upstream_event(upstream)
+                    if isinstance(event, h11.Response | h11.InformationalResponse):
+                        return event
+                    raise UpstreamError(f"{where} closed the connection without a response")
+        except trio.TooSlowError as exc:
+            raise UpstreamTimeoutError(f"{where} did not respond within {timeout:g} s") from exc
+
+    async def _relay_response_body(self, upstream: Upstream) -> int:
+        received = 0
+        while True:
+            with _deadline(self.timeouts.read, "upstream", "response body"):
+                event = await self._next_upstream_event(upstream)
+            if isinstance(event, h11.Data):
+                received += len(event.data)
+            elif not isinstance(event, h11.EndOfMessage):
+                raise UpstreamError("upstream closed the connection before the response ended")
+            await self._send_client(event)
+            if isinstance(event, h11.EndOfMessage):
+                return received
+
+    async def _next_upstream_event(self, upstream: Upstream) -> h11.Event:
+        conn = upstream.conn
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise UpstreamError(f"malformed response from upstream: {exc}") from exc
+            if event is h11.NEED_DATA:
+                try:
+                    data = await upstream.stream.receive_some(self.read_size)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise UpstreamError("upstream connection broke") from exc
+                conn.receive_data(cast(bytes, data))
+                continue
+            if event is h11.PAUSED:  # h11 pauses only after a switch we did not ask for
+                raise UpstreamError("upstream switched protocols without being asked")
+            return cast(h11.Event, event)
+
+    async def _finish_upstream(self, upstream: Upstream) -> None:
+        conn = upstream.conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        else:
+            await self._drop(upstream)
+
+    async def _switch_protocols(
+        self, upstream: Upstream, head: h11.InformationalResponse, record: FlowRecord
+    ) -> None:
+        headers = strip_hop_by_hop(head.headers, keep_upgrade=True)
+        await self._send_client(h11.InformationalResponse(status_code=101, headers=headers,
+                                                          reason=head.reason))  # fmt: skip
+        self.upstreams.pop(upstream.key, None)
+        client = PrefixedStream(self.client, self.conn.trailing_data[0])
+        server = PrefixedStream(upstream.stream, upstream.conn.trailing_data[0])
+        try:
+            record.request_bytes, record.response_bytes = await pipe(
+                client, server, self.timeouts.idle
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await upstream.stream.aclose()
+
+    async def _send_client(self, *events: h11.Event) -> None:
+        data = b"".join(self.conn.send(event) or b"" for event in events)
+        try:
+            await self.client.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.conn.send_failed()
+            raise ClientError("client closed the connection") from exc
+
+    async def _send_upstream(self, upstream: Upstream, event: h11.Event) -> None:
+        try:
+            await upstream.stream.send_all(upstream.conn.send(event) or b"")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            upstream.conn.send_failed()
+            raise UpstreamError("upstream closed the connection while receiving the body") from exc
+
+
+@contextmanager
+def _deadline(seconds: float, peer: str, what: str) -> Iterator[None]:
+    """``fail_after`` that raises the timeout error of the peer that went quiet."""
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError as exc:
+        message = f"{peer} sent no {what} bytes for {seconds:g} s"
+        if peer == "client":
+            raise ClientTimeoutError(message) from exc
+        raise UpstreamTimeoutError(message) from exc
+
+
+def _expects_continue(headers: Headers) -> bool:
+    return any(n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in headers)
+
+
+def _informational(head: h11.InformationalResponse) -> h11.InformationalResponse:
+    headers = strip_hop_by_hop(head.headers)
+    return h11.InformationalResponse(status_code=head.status_code, headers=headers,
+                                     reason=head.reason)  # fmt: skip

@@ -1,0 +1,118 @@
+"""Connections to origin servers: TCP and TLS under deadlines, errors mapped once.
+
+Owns opening a connection to an upstream (``.localhost`` names resolve to loopback, RFC 6761
+§6.3, so tests and local development need no /etc/hosts), the verified TLS handshake, and the
+mapping of ``OSError``/``ssl`` failures and timeouts to ``UpstreamError`` (502) and
+``UpstreamTimeoutError`` (504) with a one-line reason. It never decides what a client sees.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import ssl
+from dataclasses import dataclass
+
+import h11
+import trio
+
+from mitmlite.errors import UpstreamCertificateError, UpstreamError, UpstreamTimeoutError
+
+
+@dataclass(eq=False, slots=True)
+class Upstream:
+    """One open connection to an origin with its own h11 state machine (client role)."""
+
+    host: str
+    port: int
+    stream: trio.abc.Stream
+    tcp: trio.SocketStream
+    conn: h11.Connection
+    tls_version: str | None = None
+    cipher: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def reusable(self) -> bool:
+        """True when the connection is idle and the server has not closed it meanwhile."""
+        if self.conn.our_state is not h11.IDLE or self.conn.their_state is not h11.IDLE:
+            return False
+        return not _readable(self.tcp)
+
+
+def resolve_host(host: str) -> str:
+    """Names under ``.localhost`` are loopback by definition (RFC 6761 §6.3)."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return "127.0.0.1"
+    return host
+
+
+async def open_tcp(host: str, port: int, limit: float) -> trio.SocketStream:
+    """Connect to ``host:port`` within ``limit`` seconds or raise an upstream error."""
+    where = f"{host}:{port}"
+    try:
+        with trio.fail_after(limit):
+            return await trio.open_tcp_stream(resolve_host(host), port)
+    except trio.TooSlowError as exc:
+        raise UpstreamTimeoutError(f"connecting to {where} timed out after {limit:g} s") from exc
+    except OSError as exc:
+        raise UpstreamError(f"cannot connect to {where}: {_os_reason(exc)}") from exc
+
+
+async def start_tls(
+    tcp: trio.abc.Stream, server_name: str, context: ssl.SSLContext, limit: float
+) -> trio.SSLStream[trio.abc.Stream]:
+    """Run the client side of a verified handshake; the certificate must match ``server_name``."""
+    stream = trio.SSLStream(tcp, context, server_hostname=server_name, https_compatible=True)
+    try:
+        with trio.fail_after(limit):
+            await stream.do_handshake()
+    except trio.TooSlowError as exc:
+        raise UpstreamTimeoutError(
+            f"TLS handshake with {server_name} timed out after {limit:g} s"
+        ) from exc
+    except trio.BrokenResourceError as exc:
+        raise _tls_error(server_name, exc.__cause__) from exc
+    return stream
+
+
+def _tls_error(server_name: str, cause: BaseException | None) -> UpstreamError:
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        reason = (cause.verify_message or cause.reason or "unknown reason").rstrip(".")
+        reason = reason[:1].lower() + reason[1:]
+        return UpstreamCertificateError(f"upstream certificate verify failed: {reason}")
+    if isinstance(cause, ssl.SSLError):
+        detail = cause.reason or str(cause)
+        return UpstreamError(f"TLS handshake with {server_name} failed: {detail}")
+    if isinstance(cause, OSError):
+        return UpstreamError(f"TLS handshake with {server_name} failed: {_os_reason(cause)}")
+    return UpstreamError(f"{server_name} closed the connection during the TLS handshake")
+
+
+def _os_reason(exc: BaseException) -> str:
+    # trio raises one OSError for all the addresses it tried, caused by a group of the real ones.
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        return _os_reason(cause.exceptions[0])
+    if not isinstance(exc, OSError):
+        return str(exc) or type(exc).__name__
+    if exc.strerror:
+        return exc.strerror
+    if exc.errno is not None:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    # trio joins several failed attempts (one per address) into one OSError with a message.
+    return str(exc) or type(exc).__name__
+
+
+def _readable(tcp: trio.SocketStream) -> bool:
+    # An idle keep-alive connection has nothing to read; if it is readable the server closed it
+    # (or broke protocol), so it must not be reused. httpcore makes the same check.
+    try:
+        poller = select.poll()
+        poller.register(tcp.socket.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
