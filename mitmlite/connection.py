@@ -18,7 +18,7 @@ import trio
 from mitmlite.ca.cache import LeafCache
 from mitmlite.errors import ClientError, MitmliteError
 from mitmlite.http1 import ConnectTarget, classify_request, error_response, reason_phrase
-from mitmlite.relay import Destination, Relay, RelayEnv
+from mitmlite.relay import Relay, RelayEnv
 from mitmlite.streams import PrefixedStream, pipe
 from mitmlite.tls.clienthello import (
     MAX_HELLO_LENGTH,
@@ -26,7 +26,7 @@ from mitmlite.tls.clienthello import (
     looks_like_tls,
     parse_client_hello,
 )
-from mitmlite.upstream import open_tcp
+from mitmlite.upstream import Destination, open_tcp
 
 # TLS alerts a client sends when it rejects our certificate (RFC 8446 §6.2): a pinned app, or a
 # client that was never told to trust the mitmlite CA.

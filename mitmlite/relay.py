@@ -11,7 +11,6 @@ HTTP/1.1 is turn-taking, so this is one loop with one writer per stream, not a t
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,27 +40,9 @@ from mitmlite.http1 import (
     strip_hop_by_hop,
 )
 from mitmlite.streams import PrefixedStream, pipe
-from mitmlite.upstream import Upstream, open_tcp, start_tls
+from mitmlite.upstream import Connector, Destination, Upstream
 
 Headers = list[tuple[bytes, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class Destination:
-    """Where requests go: an origin, reached over TLS (with ``server_name``) or plain TCP."""
-
-    host: str
-    port: int
-    tls: bool
-    server_name: str | None = None
-
-    @property
-    def origin(self) -> str:
-        """``scheme://host[:port]`` for URLs in logs, the port left out when it is the default."""
-        scheme = "https" if self.tls else "http"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.tls else 80
-        return f"{scheme}://{host}" if self.port == default else f"{scheme}://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +50,7 @@ class RelayEnv:
     """Per-process things every relay shares: built once by the CLI."""
 
     config: Config
-    upstream_tls: ssl.SSLContext
+    connect: Connector
     sink: FlowSink
 
 
@@ -184,14 +165,12 @@ class Relay:
         if record is not None:
             record.status = exc.status
         headers, body = error_response(exc.status, str(exc))
+        head = h11.Response(
+            status_code=exc.status, headers=headers, reason=reason_phrase(exc.status)
+        )
         try:
             with trio.move_on_after(self.timeouts.handshake):
-                await self._send_client(
-                    h11.Response(
-                        status_code=exc.status, headers=headers, reason=reason_phrase(exc.status)
-                    )
-                )
-                await self._send_client(h11.Data(data=body), h11.EndOfMessage())
+                await self._send_client(head, h11.Data(data=body), h11.EndOfMessage())
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             pass
 
@@ -258,18 +237,7 @@ class Relay:
             if existing.reusable():
                 return existing, True
             await self._drop(existing)
-        tcp = await open_tcp(dest.host, dest.port, self.timeouts.connect)
-        stream: trio.abc.Stream = tcp
-        if dest.tls:
-            server_name = dest.server_name or dest.host
-            try:
-                stream = await start_tls(
-                    tcp, server_name, self.env.upstream_tls, self.timeouts.handshake
-                )
-            except BaseException:
-                await tcp.aclose()
-                raise
-        upstream = Upstream(dest.host, dest.port, stream, tcp, h11.Connection(h11.CLIENT))
+        upstream = await self.env.connect(dest)
         self.upstreams[upstream.key] = upstream
         return upstream, False
 

@@ -23,6 +23,7 @@ from mitmlite.flow import FlowSink
 from mitmlite.log import LineLog
 from mitmlite.relay import RelayEnv
 from mitmlite.tls.contexts import upstream_context
+from mitmlite.upstream import TCPConnector
 
 # accept() fails with these when the process runs out of descriptors or memory: back off and
 # retry instead of dying, the way trio.serve_listeners does.
@@ -88,8 +89,10 @@ async def _isolated(
 
 def build_env(config: Config, cache: LeafCache, sink: FlowSink) -> ConnectionEnv:
     """The shared, per-process pieces: built once, passed down, never global."""
-    upstream_tls = upstream_context(config.upstream_cas, insecure=config.insecure)
-    return ConnectionEnv(relay=RelayEnv(config, upstream_tls, sink), leaves=cache)
+    tls = upstream_context(config.upstream_cas, insecure=config.insecure)
+    timeouts = config.timeouts
+    connector = TCPConnector(tls, timeouts.connect, timeouts.handshake)
+    return ConnectionEnv(relay=RelayEnv(config, connector, sink), leaves=cache)
 
 
 def banner(config: Config, loaded: LoadedCA, addresses: list[Address]) -> str:

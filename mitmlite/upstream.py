@@ -11,12 +11,31 @@ from __future__ import annotations
 import errno
 import select
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import h11
 import trio
 
 from mitmlite.errors import UpstreamCertificateError, UpstreamError, UpstreamTimeoutError
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where requests go: an origin, reached over TLS (with ``server_name``) or plain TCP."""
+
+    host: str
+    port: int
+    tls: bool
+    server_name: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """``scheme://host[:port]`` for URLs in logs, the port left out when it is the default."""
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.tls else 80
+        return f"{scheme}://{host}" if self.port == default else f"{scheme}://{host}:{self.port}"
 
 
 @dataclass(eq=False, slots=True)
@@ -26,10 +45,8 @@ class Upstream:
     host: str
     port: int
     stream: trio.abc.Stream
-    tcp: trio.SocketStream
     conn: h11.Connection
-    tls_version: str | None = None
-    cipher: str | None = None
+    tcp: trio.SocketStream | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -39,7 +56,31 @@ class Upstream:
         """True when the connection is idle and the server has not closed it meanwhile."""
         if self.conn.our_state is not h11.IDLE or self.conn.their_state is not h11.IDLE:
             return False
-        return not _readable(self.tcp)
+        return self.tcp is None or not _readable(self.tcp)
+
+
+Connector = Callable[[Destination], Awaitable[Upstream]]
+
+
+@dataclass(frozen=True, slots=True)
+class TCPConnector:
+    """Opens real upstream connections: TCP, then verified TLS when the destination needs it."""
+
+    tls_context: ssl.SSLContext
+    connect_timeout: float
+    handshake_timeout: float
+
+    async def __call__(self, dest: Destination) -> Upstream:
+        tcp = await open_tcp(dest.host, dest.port, self.connect_timeout)
+        stream: trio.abc.Stream = tcp
+        if dest.tls:
+            server_name = dest.server_name or dest.host
+            try:
+                stream = await start_tls(tcp, server_name, self.tls_context, self.handshake_timeout)
+            except BaseException:
+                await trio.aclose_forcefully(tcp)
+                raise
+        return Upstream(dest.host, dest.port, stream, h11.Connection(h11.CLIENT), tcp)
 
 
 def resolve_host(host: str) -> str:
