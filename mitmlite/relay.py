@@ -191,7 +191,7 @@ class Relay:
     def _route(
         self, request: h11.Request, record: FlowRecord
     ) -> tuple[Destination, bytes, list[tuple[bytes, bytes]]]:
-        headers: Headers = list(request.headers)
+        headers: Headers = list(request.headers.raw_items())
         if self.fixed is not None:
             path = request.target
             if not path.startswith(b"/") and path != b"*":
@@ -276,7 +276,7 @@ class Relay:
             await self._send_client(_informational(head))
             head = await self._response_head(upstream)
         record.status = head.status_code
-        headers = strip_hop_by_hop(head.headers)
+        headers = strip_hop_by_hop(head.headers.raw_items())
         await self._send_client(h11.Response(status_code=head.status_code, headers=headers,
                                              reason=head.reason))  # fmt: skip
         record.response_bytes = await self._relay_response_body(upstream)
@@ -336,7 +336,7 @@ class Relay:
     async def _switch_protocols(
         self, upstream: Upstream, head: h11.InformationalResponse, record: FlowRecord
     ) -> None:
-        headers = strip_hop_by_hop(head.headers, keep_upgrade=True)
+        headers = strip_hop_by_hop(head.headers.raw_items(), keep_upgrade=True)
         await self._send_client(h11.InformationalResponse(status_code=101, headers=headers,
                                                           reason=head.reason))  # fmt: skip
         self.upstreams.pop(upstream.key, None)
@@ -384,6 +384,6 @@ def _expects_continue(headers: Headers) -> bool:
 
 
 def _informational(head: h11.InformationalResponse) -> h11.InformationalResponse:
-    headers = strip_hop_by_hop(head.headers)
+    headers = strip_hop_by_hop(head.headers.raw_items())
     return h11.InformationalResponse(status_code=head.status_code, headers=headers,
                                      reason=head.reason)  # fmt: skip

@@ -1,0 +1,170 @@
+"""curl through mitmlite: what users do first, on every framing the relay must get right."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import ssl
+
+import pytest
+import trio
+
+from tests.e2e.conftest import Origin, OriginCerts, Proxy, curl, start_origin
+from tests.origin import pattern_sha256
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_get_through_the_tunnel(proxy: Proxy, origin: Origin) -> None:
+    result = await curl(proxy, "-i", origin.url("/hello"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"HTTP/1.1 200 Connection established")
+    assert result.stdout.endswith(b"\r\n\r\norigin /hello")
+
+
+async def test_untrusting_client_rejects_the_leaf(
+    proxy: Proxy, origin: Origin, origin_certs: OriginCerts
+) -> None:
+    # The failing twin of every test here: trusting another CA, curl must refuse our leaf.
+    result = await curl(proxy, "--cacert", str(origin_certs.ca_path), origin.url("/"))
+    assert result.returncode == 60, result.stderr  # CURLE_PEER_FAILED_VERIFICATION
+    assert origin.state.requests == []
+
+
+async def test_head(proxy: Proxy, origin: Origin) -> None:
+    result = await curl(proxy, "-I", origin.url("/bytes/1234"))
+    assert result.returncode == 0, result.stderr
+    assert b"content-length: 1234" in result.stdout.lower()
+
+
+async def test_post_and_chunked_put(proxy: Proxy, origin: Origin) -> None:
+    result = await curl(proxy, "-d", "a=1&b=2", origin.url("/echo"))
+    echo = json.loads(result.stdout)
+    assert (echo["method"], echo["body_sha256"]) == ("POST", hashlib.sha256(b"a=1&b=2").hexdigest())
+    result = await curl(
+        proxy, "-T", "-", "-H", "Transfer-Encoding: chunked", origin.url("/echo")
+    )  # stdin is empty: a chunked PUT with an empty body still frames correctly
+    echo = json.loads(result.stdout)
+    assert echo["method"] == "PUT"
+    assert ["Transfer-Encoding", "chunked"] in echo["headers"]
+
+
+async def test_chunked_put_with_a_body(proxy: Proxy, origin: Origin) -> None:
+    payload = b"x" * 300_000
+    cmd_args = ["-X", "PUT", "-H", "Transfer-Encoding: chunked", "--data-binary", "@-"]
+    result = await curl(proxy, *cmd_args, origin.url("/echo"), stdin=payload)
+    echo = json.loads(result.stdout)
+    assert echo["body_sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+async def test_50_mib_download_is_byte_exact(proxy: Proxy, origin: Origin) -> None:
+    size = 50 * 1024 * 1024
+    result = await curl(proxy, origin.url(f"/bytes/{size}"))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == size
+    assert hashlib.sha256(result.stdout).hexdigest() == pattern_sha256(size)
+
+
+async def test_several_urls_reuse_one_tunnel(proxy: Proxy, origin: Origin) -> None:
+    urls = [origin.url(f"/n{i}") for i in range(4)]
+    result = await curl(proxy, *urls)
+    assert result.stdout == b"".join(f"origin /n{i}".encode() for i in range(4))
+    assert origin.state.connections == 1
+    assert origin.state.requests == [f"/n{i}" for i in range(4)]
+
+
+async def test_http10_client(proxy: Proxy, origin: Origin) -> None:
+    result = await curl(proxy, "-0", "-i", origin.url("/chunked/30000"))
+    assert result.returncode == 0, result.stderr
+    head, _, body = result.stdout.rpartition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower()
+    assert len(body) == 30000
+
+
+async def test_expect_100_continue(proxy: Proxy, origin: Origin) -> None:
+    payload = b"y" * 2_000_000  # curl sends Expect: 100-continue for large bodies
+    with trio.fail_after(20):
+        result = await curl(
+            proxy, "-H", "Expect: 100-continue", "--data-binary", "@-", origin.url("/echo"),
+            stdin=payload,
+        )  # fmt: skip
+    assert json.loads(result.stdout)["body_length"] == len(payload)
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_bodiless_statuses(proxy: Proxy, origin: Origin, status: int) -> None:
+    result = await curl(proxy, "-i", origin.url(f"/status/{status}"), origin.url("/after"))
+    assert result.stdout.startswith(b"HTTP/1.1 200 Connection established")
+    assert f"HTTP/1.1 {status}".encode() in result.stdout
+    assert result.stdout.endswith(b"origin /after")
+
+
+async def test_compressed_gzip_passes_unchanged(proxy: Proxy, origin: Origin) -> None:
+    raw = await curl(proxy, origin.url("/gzip"))
+    assert gzip.decompress(raw.stdout).startswith(b"<html>")
+    decoded = await curl(proxy, "--compressed", origin.url("/gzip"))
+    assert decoded.stdout.startswith(b"<html><body>compressed hello")
+
+
+async def test_redirect_across_two_intercepted_hosts(proxy: Proxy, origin: Origin) -> None:
+    target = origin.url("/landed", host="b.localhost")
+    result = await curl(proxy, "-L", origin.url(f"/redirect?to={target}", host="a.localhost"))
+    assert result.stdout == b"origin /landed"
+
+
+async def test_ip_address_target(proxy: Proxy, origin: Origin) -> None:
+    result = await curl(proxy, origin.url("/by-ip", host="127.0.0.1"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"origin /by-ip"
+
+
+async def test_plain_http_through_http_proxy(proxy: Proxy, plain_origin: Origin) -> None:
+    urls = [plain_origin.url(f"/p{i}", scheme="http") for i in range(3)]
+    result = await curl(proxy, *urls, https=False)
+    assert result.stdout == b"origin /p0origin /p1origin /p2"
+    assert plain_origin.state.connections == 1  # upstream reused per host:port
+
+
+async def test_plain_http_inside_connect(proxy: Proxy, plain_origin: Origin) -> None:
+    url = plain_origin.url("/tunnelled", scheme="http")
+    result = await curl(proxy, "-p", "-x", proxy.url, url, https=False)
+    assert result.stdout == b"origin /tunnelled"
+
+
+@pytest.mark.parametrize(
+    ("cert", "reason"),
+    [
+        ("self_signed", "upstream certificate verify failed: self-signed certificate"),
+        (
+            "wrong_host",
+            "upstream certificate verify failed: hostname mismatch, "
+            "certificate is not valid for 'site.localhost'",
+        ),
+        ("expired", "upstream certificate verify failed: certificate has expired"),
+        ("untrusted", "upstream certificate verify failed: unable to get local issuer certificate"),
+    ],
+)
+async def test_bad_upstream_certificate_is_a_502_with_the_reason(
+    proxy: Proxy, origin_certs: OriginCerts, nursery: trio.Nursery, cert: str, reason: str
+) -> None:
+    context: ssl.SSLContext = getattr(origin_certs, cert)
+    bad = await start_origin(nursery, context)
+    result = await curl(proxy, "-i", bad.url("/secret"))
+    assert result.returncode == 0, result.stderr
+    assert b"HTTP/1.1 502 Bad Gateway" in result.stdout
+    assert result.stdout.endswith(reason.encode() + b"\n")
+    assert bad.state.requests == []  # no request, so no origin byte, ever reached it
+    assert b"origin /secret" not in result.stdout
+    await proxy.wait_for_log(reason)
+
+
+async def test_closed_port_is_a_502_within_a_second(proxy: Proxy) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    with trio.fail_after(1):
+        result = await curl(proxy, "-i", f"https://site.localhost:{port}/")
+    assert b"HTTP/1.1 502 Bad Gateway" in result.stdout
+    assert b"Connection refused" in result.stdout
