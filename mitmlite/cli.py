@@ -148,6 +148,7 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
 @tuning("--connect-timeout", float, _T.connect, "Seconds to connect to an upstream.")
 @tuning("--handshake-timeout", float, _T.handshake, "Seconds for a TLS handshake.")
 @tuning("--idle-timeout", float, _T.idle, "Close keep-alive connections idle this long (s).")
+@tuning("--header-timeout", float, _T.request_header, "Seconds for a request head (408).")
 @tuning("--read-timeout", float, _T.upstream_response, "Seconds to wait for a response (504).")
 @tuning("--max-header-size", int, _L.max_header_bytes, "Bytes of request head before a 431.")
 @tuning("--max-connections", int, _L.max_connections, "Concurrent client connections.")
@@ -172,6 +173,7 @@ def build_config(options: dict[str, Any]) -> Config:
         connect=options["connect_timeout"],
         handshake=options["handshake_timeout"],
         idle=options["idle_timeout"],
+        request_header=options["header_timeout"],
         upstream_response=options["read_timeout"],
     )
     limits = Limits(

@@ -35,6 +35,7 @@ from mitmlite.http1 import (
     ConnectTarget,
     classify_request,
     error_response,
+    header_block_size,
     is_upgrade_request,
     reason_phrase,
     strip_hop_by_hop,
@@ -114,6 +115,7 @@ class Relay:
         while True:
             event = self._next_client_event()
             if isinstance(event, h11.Request):
+                self._check_head_size(event)
                 return event
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed, or PAUSED after a protocol switch
@@ -126,6 +128,13 @@ class Relay:
             if started:
                 raise ClientTimeoutError(f"request head not received within {deadline:g} s")
             return None
+
+    def _check_head_size(self, request: h11.Request) -> None:
+        # h11 bounds only a head still arriving; one that arrives whole in a single read can be
+        # any size, so the limit is enforced here too.
+        limit = self.env.config.limits.max_header_bytes
+        if len(request.target) + header_block_size(request.headers) > limit:
+            raise HeaderTooLargeError(f"request header block exceeds {limit // 1024} KiB")
 
     def _next_client_event(self) -> h11.Event | type[h11.PAUSED] | type[h11.NEED_DATA]:
         try:

@@ -9,6 +9,7 @@ mapping of ``OSError``/``ssl`` failures and timeouts to ``UpstreamError`` (502) 
 from __future__ import annotations
 
 import errno
+import os
 import select
 import ssl
 from collections.abc import Awaitable, Callable
@@ -140,12 +141,9 @@ def _os_reason(exc: BaseException) -> str:
         return _os_reason(cause.exceptions[0])
     if not isinstance(exc, OSError):
         return str(exc) or type(exc).__name__
-    if exc.strerror:
-        return exc.strerror
-    if exc.errno is not None:
-        return errno.errorcode.get(exc.errno, str(exc.errno))
-    # trio joins several failed attempts (one per address) into one OSError with a message.
-    return str(exc) or type(exc).__name__
+    if exc.errno is not None and exc.errno in errno.errorcode:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _readable(tcp: trio.SocketStream) -> bool:

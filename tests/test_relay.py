@@ -347,11 +347,18 @@ async def test_slowloris_client_gets_a_408(
     assert data.endswith(b"request head not received within 30 s\n")
 
 
-async def test_oversized_headers_get_a_431(relay: Harness) -> None:
-    await relay.raw.send_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000)
+@pytest.mark.parametrize("complete", [False, True], ids=["still-arriving", "arrived-whole"])
+async def test_oversized_headers_get_a_431(relay: Harness, complete: bool) -> None:
+    end = b"\r\n\r\n" if complete else b""
+    await relay.raw.send_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + end)
     data = await read_all(relay.raw)
     assert data.startswith(b"HTTP/1.1 431 ")
     assert data.endswith(b"request header block exceeds 64 KiB\n")
+
+
+async def test_headers_just_under_the_limit_pass(relay: Harness) -> None:
+    head, body = await relay.client.get(b"/big", [(b"X-Big", b"a" * 60_000)])
+    assert (head.status_code, body) == (200, b"origin /big")
 
 
 async def test_malformed_request_gets_a_400(relay: Harness) -> None:
