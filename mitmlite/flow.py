@@ -22,6 +22,7 @@ class FlowRecord:
     response_bytes: int = 0
     duration: float = 0.0
     error: str | None = None
+    unverified: bool = False  # the upstream's certificate was not checked (--insecure)
 
 
 class FlowSink(Protocol):

@@ -23,6 +23,8 @@ def human_size(count: int) -> str:
 def flow_line(record: FlowRecord) -> str:
     """``client METHOD url -> status size duration`` or ``... -> error: reason``."""
     head = f"{record.client} {record.method} {record.url}"
+    if record.unverified:
+        head += " [UNVERIFIED upstream: --insecure]"
     ms = f"{record.duration * 1000:.0f}ms"
     if record.error is not None:
         status = f"{record.status} " if record.status is not None else ""
@@ -38,7 +40,7 @@ class LineLog:
         self.quiet = quiet
 
     def flow(self, record: FlowRecord) -> None:
-        if record.error is not None or not self.quiet:
+        if record.error is not None or record.unverified or not self.quiet:
             self._write(flow_line(record))
 
     def event(self, client: str, message: str) -> None:

@@ -231,6 +231,7 @@ class Relay:
                 raise UpstreamError(f"{dest.host}:{dest.port} closed the connection") from None
             upstream, _ = await self._upstream_for(dest)
             await self._send_head(upstream, request)
+        record.unverified = not upstream.verified
         record.request_bytes = await self._relay_request_body(upstream)
         return upstream
 

@@ -48,6 +48,7 @@ class Upstream:
     stream: trio.abc.Stream
     conn: h11.Connection
     tcp: trio.SocketStream | None = None
+    verified: bool = True  # False only for TLS under --insecure: every flow says so
 
     @property
     def key(self) -> tuple[str, int]:
@@ -81,7 +82,9 @@ class TCPConnector:
             except BaseException:
                 await trio.aclose_forcefully(tcp)
                 raise
-        return Upstream(dest.host, dest.port, stream, h11.Connection(h11.CLIENT), tcp)
+        verified = not dest.tls or self.tls_context.verify_mode != ssl.CERT_NONE
+        conn = h11.Connection(h11.CLIENT)
+        return Upstream(dest.host, dest.port, stream, conn, tcp, verified=verified)
 
 
 def resolve_host(host: str) -> str:
