@@ -26,7 +26,7 @@ from mitmlite.tls.clienthello import (
     looks_like_tls,
     parse_client_hello,
 )
-from mitmlite.upstream import Destination, open_tcp
+from mitmlite.upstream import Destination
 
 # TLS alerts a client sends when it rejects our certificate (RFC 8446 §6.2): a pinned app, or a
 # client that was never told to trust the mitmlite CA.
@@ -185,7 +185,7 @@ async def _client_handshake(
 
 def _handshake_reason(exc: trio.BrokenResourceError, server_name: str) -> str:
     cause = exc.__cause__
-    if isinstance(cause, ssl.SSLError):
+    if isinstance(cause, ssl.SSLError) and cause.reason != "UNEXPECTED_EOF_WHILE_READING":
         reason = cause.reason or str(cause)
         if any(alert in reason for alert in _DISTRUST_ALERTS):
             return f"client does not trust the mitmlite CA for {server_name} ({reason})"
@@ -201,12 +201,11 @@ def _looks_like_http(data: bytes) -> bool:
 async def _raw_tunnel(
     env: ConnectionEnv, stream: trio.abc.Stream, name: str, target: ConnectTarget
 ) -> None:
-    timeouts = env.relay.config.timeouts
     try:
-        upstream = await open_tcp(target.host, target.port, timeouts.connect)
+        upstream = await env.relay.connect(Destination(target.host, target.port, tls=False))
     except MitmliteError as exc:
         env.relay.sink.event(name, f"{target.authority} tunnel error: {exc}")
         return
-    async with upstream:
-        sent, received = await pipe(stream, upstream, timeouts.idle)
+    async with upstream.stream:
+        sent, received = await pipe(stream, upstream.stream, env.relay.config.timeouts.idle)
     env.relay.sink.event(name, f"{target.authority} tunnel closed: {sent}b up, {received}b down")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
 import h11
@@ -18,42 +18,12 @@ from mitmlite.config import Config, Timeouts
 from mitmlite.errors import UpstreamError, UpstreamTimeoutError
 from mitmlite.flow import FlowRecord
 from mitmlite.relay import Relay, RelayEnv
-from mitmlite.upstream import Destination, Upstream
-from tests.origin import OriginState, pattern_bytes, serve_origin
+from mitmlite.upstream import Destination
+from tests.fakes import MemoryConnector, Sink
+from tests.origin import OriginState, pattern_bytes
 
 SITE = Destination("site.test", 443, tls=True, server_name="site.test")
 Headers = list[tuple[bytes, bytes]]
-
-
-@dataclass
-class Sink:
-    flows: list[FlowRecord] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)
-
-    def flow(self, record: FlowRecord) -> None:
-        self.flows.append(record)
-
-    def event(self, client: str, message: str) -> None:
-        self.events.append(message)
-
-
-@dataclass
-class MemoryConnector:
-    """Each connect() starts a fresh origin on the far end of a memory stream pair."""
-
-    nursery: trio.Nursery
-    state: OriginState
-    dests: list[Destination] = field(default_factory=list)
-    fail_with: Exception | None = None
-
-    async def __call__(self, dest: Destination) -> Upstream:
-        await trio.lowlevel.checkpoint()
-        if self.fail_with is not None:
-            raise self.fail_with
-        self.dests.append(dest)
-        near, far = trio.testing.memory_stream_pair()
-        self.nursery.start_soon(serve_origin, far, self.state)
-        return Upstream(dest.host, dest.port, near, h11.Connection(h11.CLIENT))
 
 
 class Client:

@@ -30,6 +30,7 @@ async def test_untrusting_client_rejects_the_leaf(
     result = await curl(proxy, "--cacert", str(origin_certs.ca_path), origin.url("/"))
     assert result.returncode == 60, result.stderr  # CURLE_PEER_FAILED_VERIFICATION
     assert origin.state.requests == []
+    await proxy.wait_for_log("client does not trust the mitmlite CA for site.localhost")
 
 
 async def test_head(proxy: Proxy, origin: Origin) -> None:
