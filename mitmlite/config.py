@@ -41,7 +41,7 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_connections: int = 1024
     leaf_cache_hosts: int = 1000
-    read_size: int = 64 * 1024
+    read_size: int = 256 * 1024
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -71,7 +71,7 @@ class Config:
 
 def parse_listen(value: str) -> tuple[str, int]:
     """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6; a bare ``PORT`` means loopback)."""
-    if value.isdigit():
+    if _is_number(value):
         return "127.0.0.1", _port(value, value)
     host, sep, port = value.rpartition(":")
     if not sep or not host:
@@ -84,8 +84,13 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, _port(port, value)
 
 
+def _is_number(text: str) -> bool:
+    # str.isdigit() alone accepts "²" and other digits int() refuses, and non-ASCII digits.
+    return text.isascii() and text.isdigit()
+
+
 def _port(text: str, value: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
+    if not _is_number(text) or not 0 <= int(text) <= 65535:
         raise ConfigError(f"port in listen address {value!r} is not a number in 0-65535")
     return int(text)
 

@@ -40,7 +40,7 @@ from mitmlite.http1 import (
     reason_phrase,
     strip_hop_by_hop,
 )
-from mitmlite.streams import PrefixedStream, pipe
+from mitmlite.streams import PrefixedStream, pipe, receive_batch
 from mitmlite.upstream import Connector, Destination, Upstream
 
 Headers = list[tuple[bytes, bytes]]
@@ -121,7 +121,7 @@ class Relay:
                 return None  # ConnectionClosed, or PAUSED after a protocol switch
             deadline = self.timeouts.request_header if started else self.timeouts.idle
             with trio.move_on_after(deadline):
-                data = await self.client.receive_some(self.read_size)
+                data = await receive_batch(self.client, self.read_size)
                 self.conn.receive_data(cast(bytes, data))
                 started = True
                 continue
@@ -264,7 +264,7 @@ class Relay:
             if event is h11.NEED_DATA:
                 with _deadline(self.timeouts.read, "client", "request body"):
                     self.conn.receive_data(
-                        cast(bytes, await self.client.receive_some(self.read_size))
+                        cast(bytes, await receive_batch(self.client, self.read_size))
                     )
                 continue
             if isinstance(event, h11.Data):
@@ -327,7 +327,7 @@ class Relay:
                 raise UpstreamError(f"malformed response from upstream: {exc}") from exc
             if event is h11.NEED_DATA:
                 try:
-                    data = await upstream.stream.receive_some(self.read_size)
+                    data = await receive_batch(upstream.stream, self.read_size)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     raise UpstreamError("upstream connection broke") from exc
                 conn.receive_data(cast(bytes, data))
