@@ -25,7 +25,8 @@ from mitmlite.ca.files import LoadedCA, default_home, init_ca, load_ca, load_or_
 from mitmlite.ca.trust import describe, instructions
 from mitmlite.config import DEFAULT_LISTEN, Config, Limits, Timeouts, is_loopback, parse_listen
 from mitmlite.errors import MitmliteError
-from mitmlite.server import run
+from mitmlite.log import LineLog
+from mitmlite.server import build_env, run
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,7 +68,7 @@ def ca_options(func: Callable[P, R]) -> Callable[P, R]:
     )(func)
     func = click.option(
         "--ca-key",
-        type=click.Path(path_type=Path, dir_okay=False),
+        type=click.Path(path_type=Path),
         envvar="MITMLITE_CA_KEY",
         show_envvar=True,
         help="CA private key [default: in the --ca file, else its mkcert sibling *-key.pem].",
@@ -75,7 +76,7 @@ def ca_options(func: Callable[P, R]) -> Callable[P, R]:
     return click.option(
         "--ca",
         "ca_path",
-        type=click.Path(path_type=Path, dir_okay=False),
+        type=click.Path(path_type=Path),
         envvar="MITMLITE_CA",
         show_envvar=True,
         help="Root CA certificate (PEM), e.g. mkcert's rootCA.pem "
@@ -132,7 +133,7 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
     "--upstream-ca",
     "upstream_cas",
     multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    type=click.Path(path_type=Path),
     envvar="MITMLITE_UPSTREAM_CA",
     show_envvar=True,
     help="Extra CA (PEM) to trust for upstream servers, besides the system store; repeatable.",
@@ -163,7 +164,8 @@ def cli(ctx: click.Context, /, **options: Any) -> None:
     loaded = obtain_ca(options["ca_path"], options["ca_key"], options["ca_pass"])
     cache = leaf_cache(loaded, config.limits.leaf_cache_hosts)
     warn_if_exposed(config)
-    run(config, loaded, cache)
+    env = build_env(config, cache, LineLog(sys.stdout, quiet=config.quiet))
+    run(config, loaded, env)
 
 
 def build_config(options: dict[str, Any]) -> Config:

@@ -104,7 +104,7 @@ def _check_ip(host: str, value: str) -> None:
 
 def is_loopback(host: str) -> bool:
     """True for loopback addresses and ``localhost``: binding elsewhere exposes the proxy."""
-    if host == "localhost":
+    if host.lower().rstrip(".") == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -31,7 +31,8 @@ from mitmlite.upstream import Destination
 # TLS alerts a client sends when it rejects our certificate (RFC 8446 §6.2): a pinned app, or a
 # client that was never told to trust the mitmlite CA.
 _DISTRUST_ALERTS = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")
-# A client that will not even read our refusal must not hold its task for longer than this.
+# A client that reads neither our close_notify nor our refusal must not hold its task longer.
+_CLOSE_NOTIFY_SECONDS = 2.0
 _REFUSAL_SECONDS = 5.0
 
 
@@ -157,14 +158,17 @@ async def _intercept(
     except MitmliteError as exc:
         env.relay.sink.event(name, f"{target.authority} error: no certificate: {exc}")
         return
-    tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+    # Not https_compatible: closing sends close_notify (RFC 8446 §6.1), so a client can tell a
+    # complete close-delimited response from a truncated one. The relay treats a client's EOF
+    # without close_notify (which then raises BrokenResourceError) as an ordinary close.
+    tls = trio.SSLStream(stream, context, server_side=True)
     if not await _client_handshake(env, tls, name, server_name):
         return
     dest = Destination(target.host, target.port, tls=True, server_name=server_name)
     try:
         await Relay(env.relay, tls, new_server_conn(env), name, fixed=dest).run()
     finally:
-        with trio.CancelScope(shield=True):
+        with trio.move_on_after(_CLOSE_NOTIFY_SECONDS, shield=True):
             await tls.aclose()
 
 

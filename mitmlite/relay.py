@@ -121,7 +121,10 @@ class Relay:
                 return None  # ConnectionClosed, or PAUSED after a protocol switch
             deadline = self.timeouts.request_header if started else self.timeouts.idle
             with trio.move_on_after(deadline):
-                data = await receive_batch(self.client, self.read_size)
+                try:
+                    data = await receive_batch(self.client, self.read_size)
+                except trio.BrokenResourceError:  # TLS EOF without close_notify: a close
+                    data = b""
                 self.conn.receive_data(cast(bytes, data))
                 started = True
                 continue
@@ -263,9 +266,13 @@ class Relay:
             event = self._next_client_event()
             if event is h11.NEED_DATA:
                 with _deadline(self.timeouts.read, "client", "request body"):
-                    self.conn.receive_data(
-                        cast(bytes, await receive_batch(self.client, self.read_size))
-                    )
+                    try:
+                        data = await receive_batch(self.client, self.read_size)
+                    except trio.BrokenResourceError as exc:
+                        raise ClientError(
+                            "client connection broke during the request body"
+                        ) from exc
+                    self.conn.receive_data(cast(bytes, data))
                 continue
             if isinstance(event, h11.Data):
                 sent += len(event.data)

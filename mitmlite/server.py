@@ -20,7 +20,6 @@ from mitmlite.ca.files import LoadedCA
 from mitmlite.config import Config
 from mitmlite.connection import ConnectionEnv, handle_client, peer_name
 from mitmlite.flow import FlowSink
-from mitmlite.log import LineLog
 from mitmlite.relay import RelayEnv
 from mitmlite.tls.contexts import upstream_context
 from mitmlite.upstream import TCPConnector
@@ -117,10 +116,8 @@ INSECURE_WARNING = (
 )
 
 
-def run(config: Config, loaded: LoadedCA, cache: LeafCache, out: TextIO = sys.stdout) -> None:
+def run(config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO = sys.stdout) -> None:
     """Run the proxy in the foreground until Ctrl-C or SIGTERM."""
-    sink = LineLog(out, quiet=config.quiet)
-    env = build_env(config, cache, sink)
     if config.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
     trio.run(_main, config, loaded, env, out)

@@ -114,9 +114,7 @@ def mint_leaf(
     not_after = min(now - BACKDATE + LEAF_VALIDITY, root.cert.not_valid_after_utc)
     fits_cn = len(name.text) <= MAX_CN_LENGTH
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name.text)] if fits_cn else [])
-    san: x509.GeneralName = (
-        x509.IPAddress(name.ip) if name.ip is not None else x509.DNSName(name.text)
-    )
+    san = san_entry(name)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -138,6 +136,11 @@ def mint_leaf(
         .add_extension(_authority_key_id(root), critical=False)
     )
     return builder.sign(root.key, hashes.SHA256())
+
+
+def san_entry(name: LeafName) -> x509.GeneralName:
+    """The one SubjectAltName entry a leaf for ``name`` carries."""
+    return x509.IPAddress(name.ip) if name.ip is not None else x509.DNSName(name.text)
 
 
 def is_issued_by(leaf: x509.Certificate, root: RootCA) -> bool:

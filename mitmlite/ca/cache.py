@@ -22,10 +22,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from mitmlite.ca.authority import PrivateKey, RootCA, is_issued_by, mint_leaf
+from mitmlite.ca.authority import PrivateKey, RootCA, is_issued_by, mint_leaf, san_entry
 from mitmlite.ca.files import (
     LEAF_KEY_NAME,
     LEAVES_DIR,
+    create_private,
     ensure_private_dir,
     key_to_pem,
     write_file,
@@ -103,8 +104,8 @@ class LeafCache:
         return len(self._entries)
 
     def _obtain(self, name: LeafName, now: dt.datetime) -> CachedLeaf:
-        path = self.directory / (name.text.replace(":", "_") + ".pem")
-        cert = self._reusable(path, now)
+        path = self.directory / leaf_file_name(name)
+        cert = self._reusable(path, name, now)
         if cert is None:
             cert = mint_leaf(self.root, self.leaf_key, name, now)
             self.mints += 1
@@ -114,18 +115,29 @@ class LeafCache:
             write_file(path, chain, mode=0o600, durable=False)
         return CachedLeaf(cert=cert, context=leaf_context(path, self.key_path))
 
-    def _reusable(self, path: Path, now: dt.datetime) -> x509.Certificate | None:
+    def _reusable(self, path: Path, name: LeafName, now: dt.datetime) -> x509.Certificate | None:
         try:
             cert = x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError):
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (OSError, ValueError, x509.ExtensionNotFound):
             return None
         ok = (
-            cert.public_key() == self.leaf_key.public_key()
+            list(names) == [san_entry(name)]
+            and cert.public_key() == self.leaf_key.public_key()
             and cert.not_valid_before_utc <= now
             and is_issued_by(cert, self.root)
         )
         entry_is_fresh = now < cert.not_valid_after_utc - REMINT_MARGIN
         return cert if ok and entry_is_fresh else None
+
+
+def leaf_file_name(name: LeafName) -> str:
+    """The chain file for ``name``: one file per name, never the leaf key's file.
+
+    ``+`` cannot occur in a host name, so an IPv6 address never maps onto a name like ``__1``,
+    and the ``.chain.pem`` suffix keeps a host called ``mitmlite-leaf-key`` off the key file.
+    """
+    return f"{name.text.replace(':', '+')}.chain.pem"
 
 
 def leaves_dir(ca_dir: Path) -> Path:
@@ -136,12 +148,22 @@ def leaves_dir(ca_dir: Path) -> Path:
 def _load_or_create_leaf_key(path: Path) -> PrivateKey:
     # One key for every leaf: minting then costs a signature, not a key generation. It is never
     # the CA key, so a leaked leaf key cannot issue certificates (and Windows SChannel accepts it).
+    key = _read_leaf_key(path)
+    if key is not None:
+        return key
+    fresh = ec.generate_private_key(ec.SECP256R1())
+    if path.exists():  # unreadable or not an EC key: replace it
+        write_private(path, key_to_pem(fresh))
+        return fresh
+    if create_private(path, key_to_pem(fresh)):
+        return fresh
+    # Another process created the key first: use theirs, so both mint leaves with one key.
+    return _read_leaf_key(path) or fresh
+
+
+def _read_leaf_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError):
-        key = None
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key
-    fresh = ec.generate_private_key(ec.SECP256R1())
-    write_private(path, key_to_pem(fresh))
-    return fresh
+        return None
+    return key if isinstance(key, ec.EllipticCurvePrivateKey) else None

@@ -21,7 +21,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from mitmlite.ca.authority import KeyType, PrivateKey, RootCA, check_root, create_root
+from mitmlite.ca.authority import (
+    MAX_CN_LENGTH,
+    KeyType,
+    PrivateKey,
+    RootCA,
+    check_root,
+    create_root,
+)
 from mitmlite.errors import CAError
 
 CERT_NAME = "rootCA.pem"
@@ -52,7 +59,11 @@ def install_name(now: dt.datetime) -> str:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "user"
-    return f"mitmlite CA {user}@{socket.gethostname()} {now:%Y-%m-%d} {secrets.token_hex(3)}"
+    prefix, suffix = "mitmlite CA ", f" {now:%Y-%m-%d} {secrets.token_hex(3)}"
+    # The CN is capped at 64 characters: shorten user@host, never the random part that keeps
+    # two installs on one machine apart.
+    who = f"{user}@{socket.gethostname()}"[: MAX_CN_LENGTH - len(prefix) - len(suffix)]
+    return f"{prefix}{who}{suffix}"
 
 
 def init_ca(directory: Path, now: dt.datetime, key_type: KeyType = "ec") -> LoadedCA:
@@ -169,14 +180,35 @@ def key_to_pem(key: PrivateKey) -> bytes:
 
 
 def ensure_private_dir(directory: Path) -> None:
-    """Create ``directory`` (and parents) and make it 0700."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Create ``directory`` (and parents) 0700, or tighten an existing one of ours to 0700.
+
+    A shared folder (world-writable or sticky, such as /tmp) is left as it is: changing its
+    mode would break every other user of it.
+    """
+    if directory.is_dir():
+        mode = directory.stat().st_mode
+        if mode & (stat.S_ISVTX | stat.S_IWOTH):
+            return
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     directory.chmod(0o700)
 
 
 def write_private(path: Path, data: bytes) -> None:
     """Atomically write a secret: the file is 0600 from its first byte, never world-readable."""
     write_file(path, data, mode=0o600)
+
+
+def create_private(path: Path, data: bytes) -> bool:
+    """Write a secret only if ``path`` does not exist yet; False when another writer won."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    write_private(tmp, data)
+    try:
+        os.link(tmp, path)  # atomic and exclusive: two processes cannot both create the key
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def write_file(path: Path, data: bytes, *, mode: int, durable: bool = True) -> None:

@@ -44,7 +44,11 @@ def leaf_name(host: str) -> LeafName:
     ip = _as_ip(host)
     if ip is not None:
         return LeafName(ip=ip)
-    return LeafName(dns=_as_dns(host))
+    dns = _as_dns(host)
+    # A root dot or UTS #46 mapping ("1.2.3.4.", full-width digits) can leave an IPv4 address,
+    # which must be an iPAddress entry, never a DNSName (RFC 6125 §6.4.4).
+    ip = _as_ip(dns)
+    return LeafName(ip=ip) if ip is not None else LeafName(dns=dns)
 
 
 def _as_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
