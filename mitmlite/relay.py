@@ -78,6 +78,7 @@ class Relay:
         self.client_name = client_name
         self.fixed = fixed
         self.upstreams: dict[tuple[str, int], Upstream] = {}
+        self._client_pending: list[bytes] = []
 
     async def run(self, first: h11.Request | None = None) -> h11.Request | None:
         """Serve requests; returns a CONNECT request met on a plain proxy connection, else None."""
@@ -197,8 +198,36 @@ class Relay:
             if self.conn.client_is_waiting_for_100_continue:
                 await self._send_client(h11.InformationalResponse(status_code=100, headers=[]))
         outgoing = h11.Request(method=request.method, target=target, headers=headers)
-        upstream = await self._send_request(dest, outgoing, record)
-        await self._relay_response(upstream, record, upgrade)
+        upstream, head = await self._forward_request(dest, outgoing, record)
+        await self._relay_response(upstream, head, record, upgrade)
+
+    async def _forward_request(
+        self, dest: Destination, request: h11.Request, record: FlowRecord
+    ) -> tuple[Upstream, h11.Response | h11.InformationalResponse]:
+        """Send the request and wait for the response head.
+
+        A reused keep-alive connection may turn out to be closed by the server, when the request
+        is written or when the answer is an EOF. Then the request is sent once more on a fresh
+        connection, as long as none of its body has been consumed (RFC 9110 §9.2.2 allows this
+        for requests the server never started on).
+        """
+        first = self._next_client_event()  # EndOfMessage right away for a request with no body
+        head_events: list[h11.Event] = [request]
+        if bodyless := isinstance(first, h11.EndOfMessage):
+            head_events.append(first)
+        for attempt in (1, 2):
+            upstream, reused = await self._upstream_for(dest)
+            record.unverified = not upstream.verified
+            try:
+                await self._send_upstream(upstream, *head_events)
+                if not bodyless:
+                    record.request_bytes = await self._relay_request_body(upstream, first)
+                return upstream, await self._response_head(upstream, retry_on_eof=bodyless)
+            except _StaleUpstreamError:
+                await self._drop(upstream)
+                if not reused or attempt == 2:
+                    raise UpstreamError(f"{dest.host}:{dest.port} closed the connection") from None
+        raise AssertionError("unreachable: the loop returns or raises")
 
     def _route(
         self, request: h11.Request, record: FlowRecord
@@ -221,29 +250,6 @@ class Relay:
         headers.insert(0, (b"Host", target.host_header))
         return Destination(target.host, target.port, tls=False), target.path, headers
 
-    async def _send_request(
-        self, dest: Destination, request: h11.Request, record: FlowRecord
-    ) -> Upstream:
-        """Send the request head and body; a stale reused connection is retried once."""
-        upstream, reused = await self._upstream_for(dest)
-        try:
-            await self._send_head(upstream, request)
-        except _StaleUpstreamError:
-            await self._drop(upstream)
-            if not reused:
-                raise UpstreamError(f"{dest.host}:{dest.port} closed the connection") from None
-            upstream, _ = await self._upstream_for(dest)
-            await self._send_head(upstream, request)
-        record.unverified = not upstream.verified
-        record.request_bytes = await self._relay_request_body(upstream)
-        return upstream
-
-    async def _send_head(self, upstream: Upstream, request: h11.Request) -> None:
-        try:
-            await upstream.stream.send_all(upstream.conn.send(request) or b"")
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _StaleUpstreamError from exc
-
     async def _upstream_for(self, dest: Destination) -> tuple[Upstream, bool]:
         existing = self.upstreams.get((dest.host, dest.port))
         if existing is not None:
@@ -259,12 +265,13 @@ class Relay:
         with trio.CancelScope(shield=True):
             await upstream.stream.aclose()
 
-    async def _relay_request_body(self, upstream: Upstream) -> int:
-        """Stream the client's body to the upstream; returns the body size."""
+    async def _relay_request_body(self, upstream: Upstream, first: object) -> int:
+        """Stream the client's body to the upstream, starting with ``first``; returns its size."""
         sent = 0
+        event = first
         while True:
-            event = self._next_client_event()
             if event is h11.NEED_DATA:
+                await self._flush_upstream(upstream)
                 with _deadline(self.timeouts.read, "client", "request body"):
                     try:
                         data = await receive_batch(self.client, self.read_size)
@@ -273,18 +280,25 @@ class Relay:
                             "client connection broke during the request body"
                         ) from exc
                     self.conn.receive_data(cast(bytes, data))
-                continue
-            if isinstance(event, h11.Data):
+            elif isinstance(event, h11.Data):
                 sent += len(event.data)
-            elif not isinstance(event, h11.EndOfMessage):
-                raise ClientError("client closed the connection before the request body ended")
-            await self._send_upstream(upstream, event)
-            if isinstance(event, h11.EndOfMessage):
+                self._queue(upstream.pending, upstream.conn, event)
+            elif isinstance(event, h11.EndOfMessage):
+                self._queue(upstream.pending, upstream.conn, event)
+                await self._flush_upstream(upstream)
                 return sent
+            else:
+                raise ClientError("client closed the connection before the request body ended")
+            event = self._next_client_event()
 
-    async def _relay_response(self, upstream: Upstream, record: FlowRecord, upgrade: bool) -> None:
+    async def _relay_response(
+        self,
+        upstream: Upstream,
+        head: h11.Response | h11.InformationalResponse,
+        record: FlowRecord,
+        upgrade: bool,
+    ) -> None:
         """Relay 1xx and the final response from upstream to client, body streamed."""
-        head = await self._response_head(upstream)
         while isinstance(head, h11.InformationalResponse):
             if head.status_code == 101 and upgrade:
                 record.status = 101
@@ -294,23 +308,27 @@ class Relay:
             head = await self._response_head(upstream)
         record.status = head.status_code
         headers = strip_hop_by_hop(head.headers.raw_items())
-        await self._send_client(h11.Response(status_code=head.status_code, headers=headers,
-                                             reason=head.reason))  # fmt: skip
+        response = h11.Response(status_code=head.status_code, headers=headers, reason=head.reason)
+        # Queued, not sent: the head goes out with the first body bytes in one TLS record.
+        self._queue(self._client_pending, self.conn, response)
         record.response_bytes = await self._relay_response_body(upstream)
         await self._finish_upstream(upstream)
 
-    async def _response_head(self, upstream: Upstream) -> h11.Response | h11.InformationalResponse:
+    async def _response_head(
+        self, upstream: Upstream, *, retry_on_eof: bool = False
+    ) -> h11.Response | h11.InformationalResponse:
         where = f"{upstream.host}:{upstream.port}"
         timeout = self.timeouts.upstream_response
         try:
             with trio.fail_after(timeout):
-                while True:
-                    event = await self._next_upstream_event(upstream)
-                    if isinstance(event, h11.Response | h11.InformationalResponse):
-                        return event
-                    raise UpstreamError(f"{where} closed the connection without a response")
+                event = await self._next_upstream_event(upstream)
         except trio.TooSlowError as exc:
             raise UpstreamTimeoutError(f"{where} did not respond within {timeout:g} s") from exc
+        if isinstance(event, h11.Response | h11.InformationalResponse):
+            return event
+        if retry_on_eof and isinstance(event, h11.ConnectionClosed):
+            raise _StaleUpstreamError
+        raise UpstreamError(f"{where} closed the connection without a response")
 
     async def _relay_response_body(self, upstream: Upstream) -> int:
         received = 0
@@ -321,8 +339,9 @@ class Relay:
                 received += len(event.data)
             elif not isinstance(event, h11.EndOfMessage):
                 raise UpstreamError("upstream closed the connection before the response ended")
-            await self._send_client(event)
+            self._queue(self._client_pending, self.conn, event)
             if isinstance(event, h11.EndOfMessage):
+                await self._flush_client()
                 return received
 
     async def _next_upstream_event(self, upstream: Upstream) -> h11.Event:
@@ -333,6 +352,7 @@ class Relay:
             except h11.RemoteProtocolError as exc:
                 raise UpstreamError(f"malformed response from upstream: {exc}") from exc
             if event is h11.NEED_DATA:
+                await self._flush_client()  # what we hold goes out before we wait for more
                 try:
                     data = await receive_batch(upstream.stream, self.read_size)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -367,20 +387,49 @@ class Relay:
             with trio.CancelScope(shield=True):
                 await upstream.stream.aclose()
 
+    @staticmethod
+    def _queue(pending: list[bytes], conn: h11.Connection, *events: h11.Event) -> None:
+        # h11 returns b"" for events with nothing to write (EndOfMessage of a Content-Length
+        # body) and None after a close; neither is worth a send.
+        for event in events:
+            if data := conn.send(event):
+                pending.append(data)
+
     async def _send_client(self, *events: h11.Event) -> None:
-        data = b"".join(self.conn.send(event) or b"" for event in events)
+        self._queue(self._client_pending, self.conn, *events)
+        await self._flush_client()
+
+    async def _flush_client(self) -> None:
+        if not self._client_pending:
+            return
+        data = b"".join(self._client_pending)
+        self._client_pending.clear()
         try:
             await self.client.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.conn.send_failed()
             raise ClientError("client closed the connection") from exc
 
-    async def _send_upstream(self, upstream: Upstream, event: h11.Event) -> None:
+    async def _send_upstream(self, upstream: Upstream, *events: h11.Event) -> None:
+        """Send a request head (with its end, when bodyless); a broken send means stale."""
+        self._queue(upstream.pending, upstream.conn, *events)
         try:
-            await upstream.stream.send_all(upstream.conn.send(event) or b"")
+            await self._flush_upstream(upstream)
+        except UpstreamError as exc:
+            raise _StaleUpstreamError from exc
+
+    async def _flush_upstream(self, upstream: Upstream) -> None:
+        if not upstream.pending:
+            return
+        data = b"".join(upstream.pending)
+        upstream.pending.clear()
+        try:
+            await upstream.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             upstream.conn.send_failed()
-            raise UpstreamError("upstream closed the connection while receiving the body") from exc
+            raise UpstreamError(
+                "upstream closed the connection while receiving the request"
+            ) from exc
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import os
 import select
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import h11
 import trio
@@ -49,6 +49,7 @@ class Upstream:
     conn: h11.Connection
     tcp: trio.SocketStream | None = None
     verified: bool = True  # False only for TLS under --insecure: every flow says so
+    pending: list[bytes] = field(default_factory=list)  # bytes h11 produced, not yet sent
 
     @property
     def key(self) -> tuple[str, int]:

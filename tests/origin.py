@@ -4,6 +4,7 @@ Routes (all deterministic, so tests can assert on exact bytes):
   /bytes/N           N bytes of a repeating pattern, Content-Length, sent in 64 KiB chunks
   /chunked/N         N bytes as chunked transfer coding, in several chunks
   /close/N           N bytes delimited by closing the connection (no length, no chunking)
+  /then-close        a normal keep-alive response, after which the server closes silently
   /status/N          an empty response with status N (204, 304, 404, ...)
   /echo              JSON of method, target, headers (in order, raw case) and body sha256/length
   /cookies           two Set-Cookie headers
@@ -123,6 +124,9 @@ async def _serve(conn: _Conn) -> None:
             return
         if path.startswith("/close/"):
             await _close_delimited(conn, int(path.rsplit("/", 1)[1]))
+            return
+        if path == "/then-close":  # a keep-alive response, then the server drops the connection
+            await conn.respond(200, [], b"bye")
             return
         await _route(conn, event, body, path)
         if conn.conn.our_state is h11.MUST_CLOSE or conn.conn.their_state is not h11.DONE:

@@ -134,6 +134,18 @@ async def test_upstream_closing_between_requests_is_reconnected(relay: Harness) 
     assert relay.origin.connections == 2
 
 
+async def test_keep_alive_connection_closed_by_the_server_is_retried_once(
+    relay: Harness,
+) -> None:
+    head, body = await relay.client.get(b"/then-close")
+    assert (head.status_code, body) == (200, b"bye")
+    await trio.testing.wait_all_tasks_blocked()  # the origin has closed its end by now
+    head, body = await relay.client.get(b"/again")
+    assert (head.status_code, body) == (200, b"origin /again")
+    assert relay.origin.connections == 2
+    assert relay.origin.requests == ["/then-close", "/again"]
+
+
 async def test_large_download_streams_every_byte(relay: Harness) -> None:
     head, body = await relay.client.get(b"/bytes/3000000")
     assert head.status_code == 200
