@@ -28,6 +28,9 @@ from mitmlite.upstream import TCPConnector
 # retry instead of dying, the way trio.serve_listeners does.
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_BACKOFF = 0.1
+# How long and how much a closing connection may drain before it is closed regardless.
+_LINGER_SECONDS = 1.0
+_LINGER_BYTES = 1024 * 1024
 
 Address = tuple[str, int]
 
@@ -83,6 +86,24 @@ async def _isolated(
         env.relay.sink.event(peer_name(stream), f"connection error: {type(exc).__name__}: {exc}")
     finally:
         release()
+        await _linger_close(stream)
+
+
+async def _linger_close(stream: trio.SocketStream) -> None:
+    """Half-close, drain briefly, then close (RFC 9112 §9.6).
+
+    Closing a socket with unread input makes the kernel answer with a reset, which can destroy a
+    response (a 431, a 400) that is still on its way to the client.
+    """
+    try:
+        with trio.move_on_after(_LINGER_SECONDS):
+            await stream.send_eof()
+            drained = 0
+            while drained < _LINGER_BYTES and (data := await stream.receive_some(65536)):
+                drained += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
         await trio.aclose_forcefully(stream)
 
 
