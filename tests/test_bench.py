@@ -1,0 +1,72 @@
+"""Smoke tests for scripts/bench.py: the CA measurement runs and the table judges targets right.
+
+Nothing here is timed: the targets live in the benchmark, never in tests.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from bench_ca import measure_ca
+from bench_client import parse_head
+from bench_table import Row, Target, render_row, render_table
+
+
+def test_ca_rows_measure_positive_finite_figures() -> None:
+    result = measure_ca(new_hosts=3, cached_batches=3, row_hosts=4)
+    figures = [result.new_host_median, result.cached_median, result.row_total, result.row_median]
+    assert all(math.isfinite(value) and value > 0 for value in figures)
+    assert result.row_hosts == 4
+
+
+def verdict_of(line: str) -> str:
+    return line.strip("|").split("|")[-1].strip()
+
+
+def test_absolute_target_met_and_missed() -> None:
+    target = Target("<=", 2.0)
+    met = render_row(Row("mint", "ms", 1.5, target=target))
+    missed = render_row(Row("mint", "ms", 2.5, target=target))
+    assert verdict_of(met) == "yes"
+    assert verdict_of(missed) == "NO"
+    assert "1.50 ms" in met
+    assert "<= 2.00 ms" in met
+
+
+def test_relative_target_uses_the_mitmdump_figure_of_the_same_run() -> None:
+    target = Target(">=", 3.0, relative=True, reference=500.0)
+    met = render_row(Row("keep-alive", "req/s", 1600.0, 500.0, target))
+    missed = render_row(Row("keep-alive", "req/s", 1400.0, 500.0, target))
+    assert verdict_of(met) == "yes"
+    assert "3.20x" in met
+    assert verdict_of(missed) == "NO"
+
+
+def test_relative_target_without_a_comparison_falls_back_to_the_issue_reference() -> None:
+    target = Target(">=", 3.0, relative=True, reference=500.0)
+    assert verdict_of(render_row(Row("k", "req/s", 1600.0, None, target))) == "yes (vs issue ref)"
+    assert verdict_of(render_row(Row("k", "req/s", 1400.0, None, target))) == "NO (vs issue ref)"
+
+
+def test_a_failed_measurement_never_meets_its_target() -> None:
+    failed = "failed: timed out after 60 s"
+    line = render_row(Row("download", "MiB/s", failed, None, Target(">=", 1.0)))
+    assert "failed: timed out after 60 s" in line
+    assert verdict_of(line) == "NO"
+
+
+def test_table_has_the_header_and_one_line_per_row() -> None:
+    table = render_table([Row("a", "ms", 1.0), Row("b", "ms", 2.0)])
+    lines = table.splitlines()
+    assert lines[0] == "| workload | mitmlite | mitmdump | ratio | target | met? |"
+    assert len(lines) == 4
+
+
+def test_client_parses_a_response_head() -> None:
+    status, headers = parse_head(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: b")
+    assert status == 204
+    assert headers == {b"content-length": b"0", b"x-a": b"b"}
