@@ -130,6 +130,8 @@ def _tls_error(server_name: str, cause: BaseException | None) -> UpstreamError:
         reason = (cause.verify_message or cause.reason or "unknown reason").rstrip(".")
         reason = reason[:1].lower() + reason[1:]
         return UpstreamCertificateError(f"upstream certificate verify failed: {reason}")
+    if isinstance(cause, ssl.SSLEOFError):
+        return UpstreamError(f"{server_name} closed the connection during the TLS handshake")
     if isinstance(cause, ssl.SSLError):
         detail = cause.reason or str(cause)
         return UpstreamError(f"TLS handshake with {server_name} failed: {detail}")

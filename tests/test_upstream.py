@@ -1,0 +1,546 @@
+"""Upstream connections: host resolution, TCP and TLS under deadlines, errors mapped with reasons.
+
+Test origins use certificates from trustme, never from mitmlite's own CA code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+import ssl
+from pathlib import Path
+
+import h11
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from mitmlite.errors import (
+    ConfigError,
+    UpstreamCertificateError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from mitmlite.tls.contexts import upstream_context
+from mitmlite.upstream import (
+    Destination,
+    TCPConnector,
+    Upstream,
+    open_tcp,
+    resolve_host,
+    start_tls,
+)
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("upstream-ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def verifying_context(ca_file: Path) -> ssl.SSLContext:
+    return upstream_context(extra_cas=[ca_file])
+
+
+def server_context(cert: trustme.LeafCert) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def good_server(ca: trustme.CA) -> ssl.SSLContext:
+    return server_context(ca.issue_cert("good.test"))
+
+
+async def serve_tls(stream: trio.abc.Stream, ctx: ssl.SSLContext, reply: bytes = b"") -> None:
+    """The origin's side: handshake, optionally send ``reply``; a failed handshake just ends."""
+    tls = trio.SSLStream(stream, ctx, server_side=True)
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await tls.do_handshake()
+        if reply:
+            await tls.send_all(reply)
+
+
+async def handshake_error(
+    nursery: trio.Nursery, server: ssl.SSLContext, name: str, client: ssl.SSLContext
+) -> UpstreamError:
+    near, far = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_tls, far, server)
+    try:
+        with trio.fail_after(10), pytest.raises(UpstreamError) as info:
+            await start_tls(near, name, client, 5)
+    finally:
+        await near.aclose()  # the origin's handshake ends too
+    return info.value
+
+
+async def closed_port() -> int:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port: int = listeners[0].socket.getsockname()[1]
+    for listener in listeners:
+        await listener.aclose()
+    return port
+
+
+# --- resolve_host ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "LOCALHOST.", "localhost.", "app.localhost", "a.b.LocalHost"]
+)
+def test_localhost_names_resolve_to_loopback(host: str) -> None:
+    assert resolve_host(host) == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "example.com",
+        "Example.COM",
+        "localhost.example",
+        "notlocalhost",
+        "xlocalhost",
+        "::1",
+        "10.0.0.1",
+    ],
+)
+def test_other_names_are_unchanged(host: str) -> None:
+    assert resolve_host(host) == host
+
+
+# --- Destination ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dest", "origin"),
+    [
+        (Destination("a.test", 443, tls=True), "https://a.test"),
+        (Destination("a.test", 8443, tls=True), "https://a.test:8443"),
+        (Destination("a.test", 80, tls=False), "http://a.test"),
+        (Destination("a.test", 443, tls=False), "http://a.test:443"),
+        (Destination("::1", 8080, tls=False), "http://[::1]:8080"),
+    ],
+)
+def test_destination_origin(dest: Destination, origin: str) -> None:
+    assert dest.origin == origin
+
+
+# --- open_tcp -------------------------------------------------------------------------------------
+
+
+async def test_open_tcp_connects_to_a_listener() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    try:
+        stream = await open_tcp("localhost", port, 5)  # via resolve_host
+        assert stream.socket.getpeername() == ("127.0.0.1", port)
+        await stream.aclose()
+    finally:
+        await listeners[0].aclose()
+
+
+async def test_open_tcp_refused_is_a_502_with_the_reason() -> None:
+    port = await closed_port()
+    with pytest.raises(UpstreamError) as info:
+        await open_tcp("127.0.0.1", port, 5)
+    assert type(info.value) is UpstreamError
+    assert str(info.value) == f"cannot connect to 127.0.0.1:{port}: Connection refused"
+    assert info.value.status == 502
+    assert isinstance(info.value.__cause__, OSError)
+
+
+async def test_open_tcp_refused_names_the_host_as_given() -> None:
+    port = await closed_port()
+    with pytest.raises(UpstreamError, match=rf"^cannot connect to app\.localhost:{port}: "):
+        await open_tcp("app.localhost", port, 5)
+
+
+async def test_open_tcp_timeout_is_a_504(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def hang(host: str, port: int, **kwargs: object) -> trio.SocketStream:
+        asked.append((host, port))
+        await trio.sleep_forever()
+
+    monkeypatch.setattr("mitmlite.upstream.trio.open_tcp_stream", hang)
+    start = trio.current_time()
+    with pytest.raises(UpstreamTimeoutError) as info:
+        await open_tcp("slow.localhost", 8080, 3)
+    assert str(info.value) == "connecting to slow.localhost:8080 timed out after 3 s"
+    assert info.value.status == 504
+    assert trio.current_time() - start == pytest.approx(3)
+    assert asked == [("127.0.0.1", 8080)]
+
+
+async def test_open_tcp_fast_enough_is_no_timeout(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Twin: a connect that takes less than the limit succeeds.
+    a, b = trio.socket.socketpair()
+    b.close()
+
+    async def slow(host: str, port: int, **kwargs: object) -> trio.SocketStream:
+        await trio.sleep(2.9)
+        return trio.SocketStream(a)
+
+    monkeypatch.setattr("mitmlite.upstream.trio.open_tcp_stream", slow)
+    stream = await open_tcp("slow.localhost", 8080, 3)
+    assert stream.socket is a
+    await stream.aclose()
+
+
+# --- start_tls ------------------------------------------------------------------------------------
+
+
+async def test_start_tls_verifies_a_good_origin(
+    nursery: trio.Nursery, good_server: ssl.SSLContext, verifying_context: ssl.SSLContext
+) -> None:
+    near, far = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_tls, far, good_server, b"hello")
+    with trio.fail_after(10):
+        tls = await start_tls(near, "good.test", verifying_context, 5)
+        assert isinstance(tls, trio.SSLStream)
+        assert tls.server_hostname == "good.test"
+        assert await tls.receive_some() == b"hello"
+    await tls.aclose()
+
+
+async def test_start_tls_hostname_mismatch(
+    nursery: trio.Nursery, good_server: ssl.SSLContext, verifying_context: ssl.SSLContext
+) -> None:
+    err = await handshake_error(nursery, good_server, "other.test", verifying_context)
+    assert isinstance(err, UpstreamCertificateError)
+    assert str(err) == (
+        "upstream certificate verify failed: hostname mismatch, "
+        "certificate is not valid for 'other.test'"
+    )
+    assert err.status == 502
+
+
+async def test_start_tls_untrusted_issuer(
+    nursery: trio.Nursery, good_server: ssl.SSLContext
+) -> None:
+    err = await handshake_error(nursery, good_server, "good.test", upstream_context())
+    assert isinstance(err, UpstreamCertificateError)
+    assert str(err) == "upstream certificate verify failed: unable to get local issuer certificate"
+
+
+async def test_start_tls_untrusted_issuer_from_another_ca(
+    nursery: trio.Nursery, good_server: ssl.SSLContext
+) -> None:
+    other = trustme.CA()
+    with other.cert_pem.tempfile() as other_file:
+        client = upstream_context(extra_cas=[Path(other_file)])
+    err = await handshake_error(nursery, good_server, "good.test", client)
+    assert isinstance(err, UpstreamCertificateError)
+    assert str(err) == "upstream certificate verify failed: unable to get local issuer certificate"
+
+
+async def test_start_tls_expired_certificate(
+    nursery: trio.Nursery, ca: trustme.CA, verifying_context: ssl.SSLContext
+) -> None:
+    expired = ca.issue_cert(
+        "good.test", not_before=NOW - dt.timedelta(days=30), not_after=NOW - dt.timedelta(days=1)
+    )
+    err = await handshake_error(nursery, server_context(expired), "good.test", verifying_context)
+    assert isinstance(err, UpstreamCertificateError)
+    assert str(err) == "upstream certificate verify failed: certificate has expired"
+
+
+async def test_start_tls_handshake_timeout(
+    autojump_clock: trio.testing.MockClock, verifying_context: ssl.SSLContext
+) -> None:
+    near, _far = trio.testing.memory_stream_pair()  # the origin never answers
+    start = trio.current_time()
+    with pytest.raises(UpstreamTimeoutError) as info:
+        await start_tls(near, "good.test", verifying_context, 7)
+    assert str(info.value) == "TLS handshake with good.test timed out after 7 s"
+    assert info.value.status == 504
+    assert trio.current_time() - start == pytest.approx(7)
+
+
+async def test_start_tls_fractional_timeout_is_formatted_compactly(
+    autojump_clock: trio.testing.MockClock, verifying_context: ssl.SSLContext
+) -> None:
+    near, _far = trio.testing.memory_stream_pair()
+    with pytest.raises(UpstreamTimeoutError, match=r"timed out after 2\.5 s$"):
+        await start_tls(near, "good.test", verifying_context, 2.5)
+
+
+async def test_start_tls_peer_closes_during_handshake(
+    nursery: trio.Nursery, verifying_context: ssl.SSLContext
+) -> None:
+    near, far = trio.testing.memory_stream_pair()
+
+    async def hang_up() -> None:
+        await far.receive_some()  # the ClientHello
+        await far.aclose()
+
+    nursery.start_soon(hang_up)
+    with trio.fail_after(10), pytest.raises(UpstreamError) as info:
+        await start_tls(near, "good.test", verifying_context, 5)
+    assert type(info.value) is UpstreamError  # not a certificate error, not a timeout
+    assert info.value.status == 502
+    assert "good.test" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+async def test_start_tls_peer_speaks_plain_http(
+    nursery: trio.Nursery, verifying_context: ssl.SSLContext
+) -> None:
+    near, far = trio.testing.memory_stream_pair()
+
+    async def plain() -> None:
+        await far.receive_some()
+        await far.send_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    nursery.start_soon(plain)
+    with trio.fail_after(10), pytest.raises(UpstreamError) as info:
+        await start_tls(near, "good.test", verifying_context, 5)
+    assert type(info.value) is UpstreamError
+    assert str(info.value).startswith("TLS handshake with good.test failed: ")
+
+
+# --- upstream_context -----------------------------------------------------------------------------
+
+
+def test_upstream_context_verifies_by_default() -> None:
+    ctx = upstream_context()
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert ctx.check_hostname is True
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_upstream_context_insecure_disables_verification() -> None:
+    ctx = upstream_context(insecure=True)
+    assert ctx.verify_mode == ssl.CERT_NONE
+    assert ctx.check_hostname is False
+
+
+def test_upstream_context_loads_extra_cas(ca_file: Path) -> None:
+    before = len(upstream_context().get_ca_certs())
+    assert len(upstream_context(extra_cas=[ca_file]).get_ca_certs()) == before + 1
+
+
+def test_upstream_context_missing_ca_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "ca.pem"
+    with pytest.raises(ConfigError) as info:
+        upstream_context(extra_cas=[missing])
+    assert str(missing) in str(info.value)
+    assert str(info.value).startswith(f"cannot load upstream CA {missing}: ")
+    assert info.value.status is None
+
+
+def test_upstream_context_garbage_ca_file(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=re.escape(str(garbage))):
+        upstream_context(extra_cas=[garbage])
+
+
+# --- Upstream.reusable ----------------------------------------------------------------------------
+
+
+def memory_upstream() -> Upstream:
+    near, _far = trio.testing.memory_stream_pair()
+    return Upstream("a.test", 80, near, h11.Connection(h11.CLIENT))
+
+
+def test_idle_upstream_without_tcp_is_reusable() -> None:
+    up = memory_upstream()
+    assert up.key == ("a.test", 80)
+    assert up.reusable()
+
+
+def test_upstream_mid_request_is_not_reusable() -> None:
+    up = memory_upstream()
+    up.conn.send(h11.Request(method="POST", target="/", headers=[("Host", "a.test")]))
+    assert up.conn.our_state is h11.SEND_BODY
+    assert not up.reusable()
+
+
+def test_upstream_waiting_for_response_is_not_reusable() -> None:
+    up = memory_upstream()
+    up.conn.send(h11.Request(method="GET", target="/", headers=[("Host", "a.test")]))
+    up.conn.send(h11.EndOfMessage())
+    assert up.conn.our_state is h11.DONE
+    assert up.conn.their_state is h11.SEND_RESPONSE
+    assert not up.reusable()
+
+
+def test_upstream_after_connection_close_is_not_reusable() -> None:
+    up = memory_upstream()
+    headers = [("Host", "a.test"), ("Connection", "close")]
+    up.conn.send(h11.Request(method="GET", target="/", headers=headers))
+    up.conn.send(h11.EndOfMessage())
+    up.conn.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    while up.conn.next_event() not in (h11.NEED_DATA, h11.PAUSED):
+        pass
+    assert up.conn.our_state is h11.MUST_CLOSE
+    assert not up.reusable()
+
+
+async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream, trio.SocketListener]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listener = listeners[0]
+    port = listener.socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listener.accept()
+    return client, server, listener
+
+
+async def test_real_socket_idle_and_open_is_reusable() -> None:
+    client, server, listener = await tcp_pair()
+    try:
+        up = Upstream("127.0.0.1", 1, client, h11.Connection(h11.CLIENT), tcp=client)
+        assert up.reusable()
+    finally:
+        for resource in (client, server, listener):
+            await resource.aclose()
+
+
+async def test_real_socket_closed_by_peer_is_not_reusable() -> None:
+    client, server, listener = await tcp_pair()
+    try:
+        up = Upstream("127.0.0.1", 1, client, h11.Connection(h11.CLIENT), tcp=client)
+        await server.aclose()
+        with trio.fail_after(5):
+            await trio.lowlevel.wait_readable(client.socket)  # the FIN has arrived
+        assert not up.reusable()
+    finally:
+        for resource in (client, server, listener):
+            await resource.aclose()
+
+
+async def test_real_socket_with_stray_bytes_is_not_reusable() -> None:
+    client, server, listener = await tcp_pair()
+    try:
+        up = Upstream("127.0.0.1", 1, client, h11.Connection(h11.CLIENT), tcp=client)
+        await server.send_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        with trio.fail_after(5):
+            await trio.lowlevel.wait_readable(client.socket)
+        assert not up.reusable()
+    finally:
+        for resource in (client, server, listener):
+            await resource.aclose()
+
+
+async def test_closed_local_socket_is_not_reusable() -> None:
+    client, server, listener = await tcp_pair()
+    await client.aclose()
+    up = Upstream("127.0.0.1", 1, client, h11.Connection(h11.CLIENT), tcp=client)
+    assert not up.reusable()
+    await server.aclose()
+    await listener.aclose()
+
+
+# --- TCPConnector ---------------------------------------------------------------------------------
+
+
+async def serve_once(
+    listener: trio.SocketListener, ctx: ssl.SSLContext | None, done: trio.Event
+) -> None:
+    stream = await listener.accept()
+    try:
+        if ctx is not None:
+            await serve_tls(stream, ctx, b"hi")
+        else:
+            await stream.send_all(b"hi")
+        await done.wait()
+    finally:
+        await stream.aclose()
+
+
+async def run_connector(
+    nursery: trio.Nursery,
+    server_ctx: ssl.SSLContext | None,
+    client_ctx: ssl.SSLContext,
+    *,
+    host: str = "127.0.0.1",
+    tls: bool = False,
+    server_name: str | None = None,
+) -> Upstream:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    done = trio.Event()
+    nursery.start_soon(serve_once, listeners[0], server_ctx, done)
+    connector = TCPConnector(client_ctx, connect_timeout=5, handshake_timeout=5)
+    try:
+        with trio.fail_after(10):
+            up = await connector(Destination(host, port, tls=tls, server_name=server_name))
+            assert await up.stream.receive_some() == b"hi"
+        await up.stream.aclose()
+    finally:
+        done.set()
+        await listeners[0].aclose()
+    assert up.key == (host, port)
+    assert up.conn.our_role is h11.CLIENT
+    return up
+
+
+async def test_connector_plain_tcp_is_verified(
+    nursery: trio.Nursery, verifying_context: ssl.SSLContext
+) -> None:
+    up = await run_connector(nursery, None, verifying_context, host="localhost")
+    assert up.verified is True
+    assert isinstance(up.stream, trio.SocketStream)
+    assert up.tcp is up.stream
+
+
+async def test_connector_plain_tcp_ignores_an_insecure_context(nursery: trio.Nursery) -> None:
+    # Plain HTTP has nothing to verify, so --insecure does not mark it unverified.
+    up = await run_connector(nursery, None, upstream_context(insecure=True))
+    assert up.verified is True
+
+
+async def test_connector_tls_verified(
+    nursery: trio.Nursery, good_server: ssl.SSLContext, verifying_context: ssl.SSLContext
+) -> None:
+    up = await run_connector(
+        nursery, good_server, verifying_context, tls=True, server_name="good.test"
+    )
+    assert up.verified is True
+    assert isinstance(up.stream, trio.SSLStream)
+    assert isinstance(up.tcp, trio.SocketStream)
+
+
+async def test_connector_tls_insecure_is_unverified(
+    nursery: trio.Nursery, good_server: ssl.SSLContext
+) -> None:
+    up = await run_connector(
+        nursery, good_server, upstream_context(insecure=True), tls=True, server_name="wrong.test"
+    )
+    assert up.verified is False
+    assert isinstance(up.stream, trio.SSLStream)
+
+
+async def test_connector_tls_bad_certificate_raises(
+    nursery: trio.Nursery, good_server: ssl.SSLContext
+) -> None:
+    with pytest.raises(UpstreamCertificateError, match="unable to get local issuer certificate"):
+        await run_connector(
+            nursery, good_server, upstream_context(), tls=True, server_name="good.test"
+        )
+
+
+async def test_connector_refused(verifying_context: ssl.SSLContext) -> None:
+    port = await closed_port()
+    connector = TCPConnector(verifying_context, connect_timeout=5, handshake_timeout=5)
+    with pytest.raises(
+        UpstreamError, match=f"^cannot connect to 127.0.0.1:{port}: Connection refused$"
+    ):
+        await connector(Destination("127.0.0.1", port, tls=True, server_name="good.test"))
