@@ -1,12 +1,340 @@
-"""What the proxy knows about one request/response exchange, for logs and (later) hooks.
+"""The objects hook scripts read and rewrite: Flow, Request, Response, Headers, Query.
 
-Pure data: built by the relay, handed to a ``FlowSink`` when the exchange ends. No trio, no I/O.
+Owns the flow API (mitmproxy's vocabulary: ``flow.request``, ``flow.response``, ``.headers``,
+``.content``, ``.text``, ``Response.make``), kept simple and typed; and ``FlowRecord``, the
+summary a log line is made of. Bodies are kept as the bytes on the wire (``raw_content``) and
+decoded on demand through ``encoding``, so a hook that never looks at a body costs nothing.
+Pure: no trio, no sockets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from mitmlite import encoding
+from mitmlite.errors import MitmliteError
+
+RawFields = list[tuple[bytes, bytes]]
+HeadersInit = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
+ChunkTransform = Callable[[bytes], bytes]
+
+_ids = itertools.count(1)
+
+
+def _b(value: str | bytes) -> bytes:
+    # Header bytes are mapped to str with latin-1, which round-trips every byte (RFC 9110 §5.5
+    # allows obs-text), so a script can never corrupt a header it did not mean to change.
+    return value if isinstance(value, bytes) else value.encode("latin-1")
+
+
+class Headers(MutableMapping[str, str]):
+    """HTTP fields: ordered, case-insensitive lookup, duplicates and the original name case kept.
+
+    ``headers["Set-Cookie"]`` joins duplicates with ", " (as mitmproxy does); use ``get_all`` to
+    see them one by one. Setting a name replaces every field of that name, in place.
+    """
+
+    def __init__(self, fields: HeadersInit | None = None) -> None:
+        self.fields: RawFields = []
+        if isinstance(fields, Mapping):
+            fields = list(fields.items())
+        for name, value in fields or ():
+            self.fields.append((_b(name), _b(value)))
+
+    def get_all(self, name: str) -> list[str]:
+        key = _b(name).lower()
+        return [v.decode("latin-1") for n, v in self.fields if n.lower() == key]
+
+    def set_all(self, name: str, values: Iterable[str]) -> None:
+        """Replace every ``name`` field with ``values``, at the position of the first one."""
+        key = _b(name).lower()
+        index = next((i for i, (n, _) in enumerate(self.fields) if n.lower() == key), None)
+        raw_name = self.fields[index][0] if index is not None else _b(name)
+        kept = [(n, v) for n, v in self.fields if n.lower() != key]
+        new = [(raw_name, _b(v)) for v in values]
+        at = len(kept) if index is None else index
+        self.fields = kept[:at] + new + kept[at:]
+
+    def add(self, name: str, value: str) -> None:
+        """Append a field, keeping any existing ones of that name (for Set-Cookie)."""
+        self.fields.append((_b(name), _b(value)))
+
+    def __getitem__(self, name: str) -> str:
+        values = self.get_all(name)
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self.set_all(name, [value])
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self.set_all(name, [])
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str | bytes):
+            return False
+        key = _b(name).lower()
+        return any(n.lower() == key for n, _ in self.fields)
+
+    def __iter__(self) -> Iterator[str]:
+        seen: set[bytes] = set()
+        for name, _ in self.fields:
+            if name.lower() not in seen:
+                seen.add(name.lower())
+                yield name.decode("latin-1")
+
+    def __len__(self) -> int:
+        return len({n.lower() for n, _ in self.fields})
+
+    def __repr__(self) -> str:
+        return f"Headers({[(n.decode('latin-1'), v.decode('latin-1')) for n, v in self.fields]})"
+
+
+class Query(MutableMapping[str, str]):
+    """The query string of a request as an ordered multidict; edits rewrite ``request.path``."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    @property
+    def fields(self) -> list[tuple[str, str]]:
+        query = urlsplit(self._request.path).query
+        return parse_qsl(query, keep_blank_values=True)
+
+    @fields.setter
+    def fields(self, pairs: Iterable[tuple[str, str]]) -> None:
+        path = self._request.path.split("?", 1)[0]
+        query = urlencode(list(pairs))
+        self._request.path = f"{path}?{query}" if query else path
+
+    def get_all(self, name: str) -> list[str]:
+        return [v for n, v in self.fields if n == name]
+
+    def set_all(self, name: str, values: Iterable[str]) -> None:
+        pairs = self.fields
+        index = next((i for i, (n, _) in enumerate(pairs) if n == name), len(pairs))
+        kept = [(n, v) for n, v in pairs if n != name]
+        at = min(index, len(kept))
+        self.fields = kept[:at] + [(name, v) for v in values] + kept[at:]
+
+    def add(self, name: str, value: str) -> None:
+        self.fields = [*self.fields, (name, value)]
+
+    def __getitem__(self, name: str) -> str:
+        values = self.get_all(name)
+        if not values:
+            raise KeyError(name)
+        return values[0]
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self.set_all(name, [value])
+
+    def __delitem__(self, name: str) -> None:
+        if not self.get_all(name):
+            raise KeyError(name)
+        self.set_all(name, [])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(n for n, _ in self.fields))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys(n for n, _ in self.fields))
+
+
+class _Message:
+    """What requests and responses share: headers and a body kept as wire bytes."""
+
+    headers: Headers
+    raw_content: bytes | None
+    stream: bool | ChunkTransform
+
+    @property
+    def content(self) -> bytes | None:
+        """The body with its Content-Encoding undone; raises EncodingError if it cannot be."""
+        if self.raw_content is None:
+            return None
+        return encoding.decode(self.raw_content, self.headers.get("content-encoding"))
+
+    @content.setter
+    def content(self, value: bytes | None) -> None:
+        """Set the body; it is re-encoded with the message's Content-Encoding."""
+        if value is None:
+            self.raw_content = None
+            return
+        self.raw_content = encoding.encode(value, self.headers.get("content-encoding"))
+        self._fix_length()
+
+    @property
+    def text(self) -> str | None:
+        """The body decoded by Content-Encoding and the charset (UTF-8 when none is given)."""
+        content = self.content
+        return None if content is None else content.decode(self.charset, "replace")
+
+    @text.setter
+    def text(self, value: str | None) -> None:
+        self.content = None if value is None else value.encode(self.charset, "replace")
+
+    @property
+    def charset(self) -> str:
+        content_type = self.headers.get("content-type", "")
+        for part in content_type.split(";")[1:]:
+            key, _, value = part.strip().partition("=")
+            if key.lower() == "charset" and value:
+                return value.strip('"').lower()
+        return "utf-8"
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.content or b"")
+
+    def _fix_length(self) -> None:
+        # A buffered body is sent with an exact Content-Length, replacing chunked framing.
+        if self.raw_content is not None:
+            self.headers.set_all("transfer-encoding", [])
+            self.headers["content-length"] = str(len(self.raw_content))
+
+
+@dataclass(eq=False)
+class Request(_Message):
+    """An HTTP request as a hook sees it; every field may be changed."""
+
+    method: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    http_version: str = "HTTP/1.1"
+    headers: Headers = field(default_factory=Headers)
+    raw_content: bytes | None = None
+    stream: bool | ChunkTransform = False
+
+    @property
+    def query(self) -> Query:
+        return Query(self)
+
+    @query.setter
+    def query(self, pairs: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
+        Query(self).fields = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.authority}{self.path}"
+
+    @url.setter
+    def url(self, value: str) -> None:
+        """Re-target the request: scheme, host, port, path and the Host header follow the URL."""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise MitmliteError(f"cannot set request.url to {value!r}: need http(s)://host/...")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if "host" in self.headers:
+            self.headers["host"] = self.authority
+
+    @property
+    def pretty_url(self) -> str:
+        return self.url
+
+
+@dataclass(eq=False)
+class Response(_Message):
+    """An HTTP response as a hook sees it; every field may be changed."""
+
+    status_code: int
+    reason: str = ""
+    http_version: str = "HTTP/1.1"
+    headers: Headers = field(default_factory=Headers)
+    raw_content: bytes | None = None
+    stream: bool | ChunkTransform = False
+
+    @classmethod
+    def make(
+        cls,
+        status_code: int = 200,
+        content: bytes | str | Any = b"",
+        headers: HeadersInit | None = None,
+    ) -> Response:
+        """A complete response built by a script: bytes, text (UTF-8) or JSON-able data."""
+        hdrs = Headers(headers)
+        if isinstance(content, str):
+            body = content.encode()
+            hdrs.setdefault("content-type", "text/plain; charset=utf-8")
+        elif isinstance(content, bytes):
+            body = content
+        else:
+            body = json.dumps(content).encode()
+            hdrs.setdefault("content-type", "application/json")
+        response = cls(status_code=status_code, headers=hdrs, raw_content=body)
+        response._fix_length()
+        return response
+
+
+@dataclass
+class ClientInfo:
+    """The client side of a flow: its address and, when intercepted, its TLS parameters."""
+
+    address: str
+    sni: str | None = None
+    alpn_offered: tuple[str, ...] = ()
+    tls_version: str | None = None
+    cipher: str | None = None
+
+
+@dataclass
+class ServerInfo:
+    """The upstream side of a flow, once connected."""
+
+    address: str | None = None
+    tls_version: str | None = None
+    cipher: str | None = None
+    certificate_subject: str | None = None
+
+
+@dataclass
+class Timestamps:
+    """Monotonic-clock seconds of each phase; None until it happened."""
+
+    request_start: float | None = None
+    request_end: float | None = None
+    response_start: float | None = None
+    response_end: float | None = None
+
+
+@dataclass(eq=False)
+class Flow:
+    """One request/response exchange. Exactly one of ``response`` or ``error`` ends it."""
+
+    request: Request
+    client: ClientInfo
+    server: ServerInfo = field(default_factory=ServerInfo)
+    response: Response | None = None
+    error: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    timestamps: Timestamps = field(default_factory=Timestamps)
+    id: int = field(default_factory=lambda: next(_ids))
+    killed: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    def kill(self) -> None:
+        """Close the client connection instead of answering."""
+        self.killed = True
 
 
 @dataclass(eq=False, slots=True)
