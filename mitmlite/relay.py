@@ -400,12 +400,8 @@ class Relay:
         await self._flush_client()
 
     async def _flush_client(self) -> None:
-        if not self._client_pending:
-            return
-        data = b"".join(self._client_pending)
-        self._client_pending.clear()
         try:
-            await self.client.send_all(data)
+            await _send_pending(self.client, self._client_pending)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.conn.send_failed()
             raise ClientError("client closed the connection") from exc
@@ -419,17 +415,22 @@ class Relay:
             raise _StaleUpstreamError from exc
 
     async def _flush_upstream(self, upstream: Upstream) -> None:
-        if not upstream.pending:
-            return
-        data = b"".join(upstream.pending)
-        upstream.pending.clear()
         try:
-            await upstream.stream.send_all(data)
+            await _send_pending(upstream.stream, upstream.pending)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             upstream.conn.send_failed()
             raise UpstreamError(
                 "upstream closed the connection while receiving the request"
             ) from exc
+
+
+async def _send_pending(stream: trio.abc.Stream, pending: list[bytes]) -> None:
+    """Send what h11 produced for one leg in a single write, and forget it."""
+    if not pending:
+        return
+    data = b"".join(pending)
+    pending.clear()
+    await stream.send_all(data)
 
 
 @contextmanager

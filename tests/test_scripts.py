@@ -7,7 +7,6 @@ import os
 import py_compile
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,29 +14,7 @@ import pytest
 
 from mitmlite.errors import ConfigError
 from mitmlite.scripts import HOOK_NAMES, ScriptError, Scripts, format_user_traceback
-
-
-@pytest.fixture(autouse=True)
-def isolated_imports(tmp_path: Path) -> Iterator[None]:
-    """Scripts and their helpers land in sys.modules; each test ends without them. (Only those:
-    dropping a library module imported during the test would make a second copy of it later.)"""
-    path = list(sys.path)
-    yield
-    for name, module in list(sys.modules.items()):
-        filename = getattr(module, "__file__", None) or ""
-        if name.startswith("mitmlite_script_") or filename.startswith(str(tmp_path.resolve())):
-            del sys.modules[name]
-    sys.path[:] = path
-
-
-def write(path: Path, source: str) -> Path:
-    """Write a script and move its mtime forward, so an edit is seen even on coarse clocks."""
-    before = path.stat().st_mtime_ns if path.exists() else None
-    path.write_text(textwrap.dedent(source))
-    if before is not None:
-        bumped = max(path.stat().st_mtime_ns, before) + 2_000_000_000
-        os.utime(path, ns=(bumped, bumped))
-    return path
+from tests.scripting import isolated_imports, write  # noqa: F401 - autouse fixture
 
 
 def load(*paths: Path) -> tuple[Scripts, list[str]]:
