@@ -25,7 +25,9 @@ from mitmlite.ca.files import LoadedCA, default_home, init_ca, load_ca, load_or_
 from mitmlite.ca.trust import describe, instructions
 from mitmlite.config import DEFAULT_LISTEN, Config, Limits, Timeouts, is_loopback, parse_listen
 from mitmlite.errors import MitmliteError
+from mitmlite.hooks import HookRunner
 from mitmlite.log import LineLog
+from mitmlite.scripts import Scripts
 from mitmlite.server import build_env, run
 
 P = ParamSpec("P")
@@ -146,6 +148,19 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
     help="DANGEROUS: do not verify upstream certificates.",
 )
 @click.option("-q", "--quiet", is_flag=True, envvar="MITMLITE_QUIET", help="No flow lines.")
+@click.option(
+    "-s",
+    "--script",
+    "scripts",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="MITMLITE_SCRIPT",
+    show_envvar=True,
+    help="Hook script (Python) to load; repeatable, hooks run in the order given.",
+)
+@tuning(
+    "--max-body-size", int, _L.max_body_bytes, "Bytes of body buffered for hooks; more streams."
+)
 @tuning("--connect-timeout", float, _T.connect, "Seconds to connect to an upstream.")
 @tuning("--handshake-timeout", float, _T.handshake, "Seconds for a TLS handshake.")
 @tuning("--idle-timeout", float, _T.idle, "Close keep-alive connections idle this long (s).")
@@ -164,8 +179,22 @@ def cli(ctx: click.Context, /, **options: Any) -> None:
     loaded = obtain_ca(options["ca_path"], options["ca_key"], options["ca_pass"])
     cache = leaf_cache(loaded, config.limits.leaf_cache_hosts)
     warn_if_exposed(config)
-    env = build_env(config, cache, LineLog(sys.stdout, quiet=config.quiet))
+    log = LineLog(sys.stdout, quiet=config.quiet)
+    env = build_env(config, cache, log, load_hooks(config, log))
     run(config, loaded, env)
+
+
+def load_hooks(config: Config, log: LineLog) -> HookRunner | None:
+    """Import the -s scripts now, so one that cannot load stops the start with exit 2."""
+    if not config.scripts:
+        return None
+
+    def report(message: str) -> None:
+        log.event("script", message)
+
+    scripts = Scripts(config.scripts, report)
+    scripts.load()
+    return HookRunner(scripts, report)
 
 
 def build_config(options: dict[str, Any]) -> Config:
@@ -182,6 +211,7 @@ def build_config(options: dict[str, Any]) -> Config:
         max_header_bytes=options["max_header_size"],
         max_connections=options["max_connections"],
         leaf_cache_hosts=options["leaf_cache_size"],
+        max_body_bytes=options["max_body_size"],
     )
     return Config(
         listen_host=host,
@@ -189,6 +219,7 @@ def build_config(options: dict[str, Any]) -> Config:
         upstream_cas=tuple(options["upstream_cas"]),
         insecure=options["insecure"],
         quiet=options["quiet"],
+        scripts=tuple(options["scripts"]),
         timeouts=timeouts,
         limits=limits,
     )

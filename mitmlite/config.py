@@ -42,6 +42,8 @@ class Limits:
     max_connections: int = 1024
     leaf_cache_hosts: int = 1000
     read_size: int = 256 * 1024
+    # Bodies up to this size are buffered for `request`/`response` hooks; larger ones stream.
+    max_body_bytes: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -59,6 +61,7 @@ class Config:
     upstream_cas: tuple[Path, ...] = ()
     insecure: bool = False
     quiet: bool = False
+    scripts: tuple[Path, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
 

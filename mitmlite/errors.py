@@ -68,3 +68,13 @@ class UpstreamTimeoutError(UpstreamError):
     """The upstream server did not answer in time (504)."""
 
     status = 504
+
+
+class HookOutputError(MitmliteError):
+    """A hook left a message that cannot be sent (a header with a newline, a non-ASCII method)."""
+
+    status = 500
+
+
+class FlowKilledError(MitmliteError):
+    """A hook called ``flow.kill()``: the client connection is closed without an answer."""

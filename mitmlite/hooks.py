@@ -24,6 +24,7 @@ import trio
 from mitmlite.flow import Flow
 from mitmlite.scripts import LoadedScript, Scripts, describe, format_user_traceback
 
+FLOW_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error")
 _LIFECYCLE = {"load": "for startup", "done": "for shutdown"}
 
 
@@ -37,6 +38,10 @@ class HookRunner:
     def wants(self, name: str) -> bool:
         """Whether any script defines hook ``name`` (so the relay can skip buffering for it)."""
         return self._scripts.defines(name)
+
+    def wants_flows(self) -> bool:
+        """Whether any script has a flow hook; scripts with only load/done cost a flow nothing."""
+        return any(self._scripts.defines(name) for name in FLOW_HOOKS)
 
     def before_flow(self) -> None:
         """Pick up edited scripts; cheap (one ``stat`` per script file) when nothing changed."""

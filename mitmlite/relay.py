@@ -11,26 +11,39 @@ HTTP/1.1 is turn-taking, so this is one loop with one writer per stream, not a t
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 import h11
 import trio
 
+from mitmlite import messages
 from mitmlite.config import Config
 from mitmlite.errors import (
     ClientError,
     ClientTimeoutError,
+    FlowKilledError,
     HeaderTooLargeError,
+    HookOutputError,
     MitmliteError,
     UpstreamError,
     UpstreamTimeoutError,
 )
-from mitmlite.flow import FlowRecord, FlowSink
+from mitmlite.flow import (
+    ChunkTransform,
+    ClientInfo,
+    Flow,
+    FlowRecord,
+    FlowSink,
+    Request,
+    ServerInfo,
+)
+from mitmlite.hooks import HookRunner
 from mitmlite.http1 import (
     ConnectTarget,
     classify_request,
@@ -44,6 +57,7 @@ from mitmlite.streams import PrefixedStream, pipe, receive_batch
 from mitmlite.upstream import Connector, Destination, Upstream
 
 Headers = list[tuple[bytes, bytes]]
+_E = TypeVar("_E", bound=h11.Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +67,26 @@ class RelayEnv:
     config: Config
     connect: Connector
     sink: FlowSink
+    hooks: HookRunner | None = None  # None without -s: nothing is ever buffered
+
+
+@dataclass(frozen=True, slots=True)
+class _Buffered:
+    """A request body read completely (possibly empty): it can be resent on a fresh connection."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """A request body relayed as it arrives: ``prefix`` was read already, ``first`` is next."""
+
+    first: object
+    prefix: tuple[bytes, ...] = ()
+    transform: ChunkTransform | None = None
+
+
+_Body = _Buffered | _Streamed
 
 
 class _StaleUpstreamError(Exception):
@@ -79,6 +113,8 @@ class Relay:
         self.fixed = fixed
         self.upstreams: dict[tuple[str, int], Upstream] = {}
         self._client_pending: list[bytes] = []
+        self._client: ClientInfo | None = None  # what hooks see of the client, built once
+        self._servers: dict[Upstream, ServerInfo] = {}
 
     async def run(self, first: h11.Request | None = None) -> h11.Request | None:
         """Serve requests; returns a CONNECT request met on a plain proxy connection, else None."""
@@ -188,21 +224,32 @@ class Relay:
             pass
 
     async def _exchange(self, request: h11.Request, record: FlowRecord) -> None:
+        hooks = self.env.hooks
+        if hooks is not None:
+            hooks.before_flow()
+            if hooks.wants_flows():
+                await self._hooked_exchange(hooks, request, record)
+                return
         dest, target, headers = self._route(request, record)
         upgrade = is_upgrade_request(request.headers)
-        headers = strip_hop_by_hop(headers, keep_upgrade=upgrade)
-        if _expects_continue(headers):
-            # We answer 100 ourselves, as mitmproxy does: the upstream gets the body without
-            # waiting, and clients that wait for a 100 (curl, 1 s) do not stall on the proxy.
-            headers = [(n, v) for n, v in headers if n.lower() != b"expect"]
-            if self.conn.client_is_waiting_for_100_continue:
-                await self._send_client(h11.InformationalResponse(status_code=100, headers=[]))
+        headers = await self._answer_expect(strip_hop_by_hop(headers, keep_upgrade=upgrade))
         outgoing = h11.Request(method=request.method, target=target, headers=headers)
-        upstream, head = await self._forward_request(dest, outgoing, record)
+        first = self._next_client_event()  # EndOfMessage right away for a request with no body
+        body: _Body = _Buffered(b"") if isinstance(first, h11.EndOfMessage) else _Streamed(first)
+        upstream, head = await self._forward_request(dest, outgoing, record, body)
         await self._relay_response(upstream, head, record, upgrade)
 
+    async def _answer_expect(self, headers: Headers) -> Headers:
+        if not _expects_continue(headers):
+            return headers
+        # We answer 100 ourselves, as mitmproxy does: the upstream gets the body without
+        # waiting, and clients that wait for a 100 (curl, 1 s) do not stall on the proxy.
+        if self.conn.client_is_waiting_for_100_continue:
+            await self._send_client(h11.InformationalResponse(status_code=100, headers=[]))
+        return [(n, v) for n, v in headers if n.lower() != b"expect"]
+
     async def _forward_request(
-        self, dest: Destination, request: h11.Request, record: FlowRecord
+        self, dest: Destination, request: h11.Request, record: FlowRecord, body: _Body
     ) -> tuple[Upstream, h11.Response | h11.InformationalResponse]:
         """Send the request and wait for the response head.
 
@@ -211,18 +258,22 @@ class Relay:
         connection, as long as none of its body has been consumed (RFC 9110 §9.2.2 allows this
         for requests the server never started on).
         """
-        first = self._next_client_event()  # EndOfMessage right away for a request with no body
         head_events: list[h11.Event] = [request]
-        if bodyless := isinstance(first, h11.EndOfMessage):
-            head_events.append(first)
+        buffered = isinstance(body, _Buffered)
+        if isinstance(body, _Buffered):
+            if body.data:
+                head_events.append(h11.Data(data=body.data))
+            head_events.append(h11.EndOfMessage())
         for attempt in (1, 2):
             upstream, reused = await self._upstream_for(dest)
             record.unverified = not upstream.verified
             try:
                 await self._send_upstream(upstream, *head_events)
-                if not bodyless:
-                    record.request_bytes = await self._relay_request_body(upstream, first)
-                return upstream, await self._response_head(upstream, retry_on_eof=bodyless)
+                if isinstance(body, _Streamed):
+                    record.request_bytes = await self._relay_request_body(upstream, body)
+                elif body.data:
+                    record.request_bytes = len(body.data)
+                return upstream, await self._response_head(upstream, retry_on_eof=buffered)
             except _StaleUpstreamError:
                 await self._drop(upstream)
                 if not reused or attempt == 2:
@@ -262,34 +313,58 @@ class Relay:
 
     async def _drop(self, upstream: Upstream) -> None:
         self.upstreams.pop(upstream.key, None)
+        self._servers.pop(upstream, None)
         with trio.CancelScope(shield=True):
             await upstream.stream.aclose()
 
-    async def _relay_request_body(self, upstream: Upstream, first: object) -> int:
-        """Stream the client's body to the upstream, starting with ``first``; returns its size."""
+    async def _relay_request_body(self, upstream: Upstream, body: _Streamed) -> int:
+        """Stream the client's body to the upstream (through a script's transform, if any)."""
         sent = 0
-        event = first
+        transform = body.transform
+        for chunk in body.prefix:
+            sent += len(chunk)
+            self._queue_data(upstream.pending, upstream.conn, chunk, transform)
+        event = body.first
         while True:
             if event is h11.NEED_DATA:
                 await self._flush_upstream(upstream)
-                with _deadline(self.timeouts.read, "client", "request body"):
-                    try:
-                        data = await receive_batch(self.client, self.read_size)
-                    except trio.BrokenResourceError as exc:
-                        raise ClientError(
-                            "client connection broke during the request body"
-                        ) from exc
-                    self.conn.receive_data(cast(bytes, data))
+                await self._receive_client_data("request body")
             elif isinstance(event, h11.Data):
                 sent += len(event.data)
-                self._queue(upstream.pending, upstream.conn, event)
+                if transform is None:
+                    self._queue(upstream.pending, upstream.conn, event)
+                else:
+                    self._queue_data(upstream.pending, upstream.conn, event.data, transform)
             elif isinstance(event, h11.EndOfMessage):
+                if transform is not None:
+                    self._queue_data(upstream.pending, upstream.conn, b"", transform)
                 self._queue(upstream.pending, upstream.conn, event)
                 await self._flush_upstream(upstream)
                 return sent
             else:
                 raise ClientError("client closed the connection before the request body ended")
             event = self._next_client_event()
+
+    async def _receive_client_data(self, what: str) -> None:
+        with _deadline(self.timeouts.read, "client", what):
+            try:
+                data = await receive_batch(self.client, self.read_size)
+            except trio.BrokenResourceError as exc:
+                raise ClientError(f"client connection broke during the {what}") from exc
+            self.conn.receive_data(cast(bytes, data))
+
+    def _queue_data(
+        self,
+        pending: list[bytes],
+        conn: h11.Connection,
+        data: bytes,
+        transform: ChunkTransform | None,
+    ) -> None:
+        """Queue one body chunk; a script's transform sees every chunk, then b"" at the end."""
+        chunks: Iterable[bytes] = (data,) if transform is None else _transformed(transform, data)
+        for chunk in chunks:
+            if chunk:
+                self._queue(pending, conn, h11.Data(data=chunk))
 
     async def _relay_response(
         self,
@@ -330,19 +405,27 @@ class Relay:
             raise _StaleUpstreamError
         raise UpstreamError(f"{where} closed the connection without a response")
 
-    async def _relay_response_body(self, upstream: Upstream) -> int:
+    async def _relay_response_body(
+        self, upstream: Upstream, transform: ChunkTransform | None = None
+    ) -> int:
         received = 0
         while True:
             with _deadline(self.timeouts.read, "upstream", "response body"):
                 event = await self._next_upstream_event(upstream)
             if isinstance(event, h11.Data):
                 received += len(event.data)
-            elif not isinstance(event, h11.EndOfMessage):
+                if transform is None:
+                    self._queue(self._client_pending, self.conn, event)
+                else:
+                    self._queue_data(self._client_pending, self.conn, event.data, transform)
+                continue
+            if not isinstance(event, h11.EndOfMessage):
                 raise UpstreamError("upstream closed the connection before the response ended")
+            if transform is not None:
+                self._queue_data(self._client_pending, self.conn, b"", transform)
             self._queue(self._client_pending, self.conn, event)
-            if isinstance(event, h11.EndOfMessage):
-                await self._flush_client()
-                return received
+            await self._flush_client()
+            return received
 
     async def _next_upstream_event(self, upstream: Upstream) -> h11.Event:
         conn = upstream.conn
@@ -386,6 +469,230 @@ class Relay:
         finally:
             with trio.CancelScope(shield=True):
                 await upstream.stream.aclose()
+
+    # --- with hook scripts --------------------------------------------------------------------
+    # The same exchange, with a Flow the scripts see at four seams. Bodies are buffered only for
+    # the `request`/`response` hooks, up to max_body_bytes; anything larger, Server-Sent Events,
+    # and bodies a script marked `.stream` go through as they arrive.
+
+    async def _hooked_exchange(
+        self, hooks: HookRunner, request: h11.Request, record: FlowRecord
+    ) -> None:
+        dest, target, fields = self._route(request, record)
+        upgrade = is_upgrade_request(request.headers)
+        fields = await self._answer_expect(strip_hop_by_hop(fields, keep_upgrade=upgrade))
+        origin = ("https" if dest.tls else "http", dest.host, dest.port)
+        flow = Flow(
+            request=messages.request_from_head(
+                request.method, origin, target, fields, request.http_version
+            ),
+            client=dataclasses.replace(self._client_info()),
+        )
+        flow.timestamps.request_start = record.started
+        ended = False
+        try:
+            ended = await self._hooked_flow(hooks, flow, dest, upgrade, record)
+        except MitmliteError as exc:
+            if not ended:
+                flow.error = str(exc)
+                record.error = flow.error
+                await hooks.run("error", flow)
+            raise
+        finally:
+            record.url = flow.request.url
+
+    async def _hooked_flow(
+        self, hooks: HookRunner, flow: Flow, dest: Destination, upgrade: bool, record: FlowRecord
+    ) -> bool:
+        """Run one flow through the hooks; True once its `response` hook has run."""
+        req = flow.request
+        had_body = messages.has_body_framing(req.headers.fields)
+        await self._run_hook(hooks, "requestheaders", flow)
+        first = self._next_client_event()
+        body: _Body
+        if flow.response is not None:
+            return await self._answer_locally(hooks, flow, record, first)
+        if isinstance(first, h11.EndOfMessage):
+            body = _Buffered(b"")
+        elif req.stream is False and hooks.wants("request"):
+            chunks, rest = await self._buffer_client_body(first)
+            if rest is None:
+                body = _Buffered(b"".join(chunks))
+            else:
+                req.stream = True  # too large to buffer: the hook sees it streamed, afterwards
+                body = _Streamed(rest, tuple(chunks))
+        else:
+            body = _Streamed(first, (), req.stream if callable(req.stream) else None)
+        if isinstance(body, _Buffered):
+            req.raw_content = body.data
+            flow.timestamps.request_end = time.monotonic()
+            await self._run_hook(hooks, "request", flow)
+            if _answered(flow):
+                return await self._answer_locally(hooks, flow, record, None)
+            body = _Buffered(req.raw_content or b"")
+            fields = messages.framed_for_body(req.headers, body.data, had_body=had_body)
+        else:
+            fields = messages.framed_for_stream(req.headers, transformed=body.transform is not None)
+        outgoing = _built(lambda: messages.request_head(req, fields))
+        upstream, head = await self._forward_request(
+            _destination_for(req, dest), outgoing, record, body
+        )
+        if isinstance(body, _Streamed):
+            flow.timestamps.request_end = time.monotonic()
+            await self._run_hook(hooks, "request", flow)  # after the fact: the body has gone
+        flow.server = self._server_info(upstream)
+        return await self._hooked_response(hooks, flow, upstream, head, record, upgrade)
+
+    async def _hooked_response(
+        self,
+        hooks: HookRunner,
+        flow: Flow,
+        upstream: Upstream,
+        head: h11.Response | h11.InformationalResponse,
+        record: FlowRecord,
+        upgrade: bool,
+    ) -> bool:
+        while isinstance(head, h11.InformationalResponse):
+            if head.status_code == 101 and upgrade:
+                flow.response = messages.response_from_head(head, _stripped(head, upgrade=True))
+                await self._run_hook(hooks, "response", flow)
+                record.status = 101
+                await self._switch_protocols(upstream, head, record)
+                return True
+            await self._send_client(_informational(head))
+            head = await self._response_head(upstream)
+        flow.timestamps.response_start = time.monotonic()
+        resp = flow.response = messages.response_from_head(head, _stripped(head))
+        await self._run_hook(hooks, "responseheaders", flow)
+        if flow.response is not resp:  # replaced by a script: the origin's body is not wanted
+            await self._drop(upstream)
+            return await self._send_final(hooks, flow, record)
+        if not messages.response_has_body(flow.request.method, resp.status_code):
+            await self._read_bodyless_end(upstream)
+            resp.raw_content = b""
+            return await self._send_final(hooks, flow, record, finish=upstream)
+        if resp.stream is False and hooks.wants("response") and not messages.is_event_stream(resp):
+            chunks, complete = await self._buffer_upstream_body(upstream)
+            if complete:
+                resp.raw_content = b"".join(chunks)
+                return await self._send_final(hooks, flow, record, finish=upstream)
+            resp.stream = True  # too large to buffer: the hook sees it streamed, afterwards
+            prefix = chunks
+        else:
+            prefix = []
+        transform = resp.stream if callable(resp.stream) else None
+        fields = messages.framed_for_stream(resp.headers, transformed=transform is not None)
+        record.status = resp.status_code
+        head_out = _built(lambda: messages.response_head(resp, fields))
+        self._queue(self._client_pending, self.conn, head_out)
+        for chunk in prefix:
+            self._queue_data(self._client_pending, self.conn, chunk, transform)
+        streamed = await self._relay_response_body(upstream, transform)
+        record.response_bytes = streamed + sum(map(len, prefix))
+        await self._finish_upstream(upstream)
+        flow.timestamps.response_end = time.monotonic()
+        await self._run_hook(hooks, "response", flow)  # after the fact: the body has gone
+        return True
+
+    async def _answer_locally(
+        self, hooks: HookRunner, flow: Flow, record: FlowRecord, first: object
+    ) -> bool:
+        """A script set ``flow.response``: the upstream is never contacted."""
+        if first is not None and not isinstance(first, h11.EndOfMessage):
+            # Read the body the client is sending, so the connection can carry the next request;
+            # one too large to bother with is left unread and the connection closes after.
+            _, first = await self._buffer_client_body(first)
+        return await self._send_final(hooks, flow, record)
+
+    async def _send_final(
+        self, hooks: HookRunner, flow: Flow, record: FlowRecord, finish: Upstream | None = None
+    ) -> bool:
+        """Run the `response` hook on a complete response, then send it whole."""
+        flow.timestamps.response_end = time.monotonic()
+        await self._run_hook(hooks, "response", flow)
+        resp = flow.response
+        if resp is None:  # a script removed the response it was given: that cannot be sent
+            raise HookOutputError("a script set flow.response to None")
+        body = resp.raw_content or b""
+        if messages.response_has_body(flow.request.method, resp.status_code):
+            fields = messages.framed_for_body(resp.headers, body, had_body=True)
+            events: list[h11.Event] = [_built(lambda: messages.response_head(resp, fields))]
+            if body:
+                events.append(h11.Data(data=body))
+        else:
+            events = [_built(lambda: messages.response_head(resp, list(resp.headers.fields)))]
+            body = b""
+        record.status = resp.status_code
+        record.response_bytes = len(body)
+        await self._send_client(*events, h11.EndOfMessage())
+        if finish is not None:
+            await self._finish_upstream(finish)
+        return True
+
+    async def _run_hook(self, hooks: HookRunner, name: str, flow: Flow) -> None:
+        await hooks.run(name, flow)
+        if flow.killed:
+            raise FlowKilledError(f"killed by a script in its {name} hook")
+
+    async def _buffer_client_body(self, first: object) -> tuple[list[bytes], object | None]:
+        """Read the request body up to the limit: (chunks, None) when complete, else the
+        chunks so far and the next event, for streaming the rest."""
+        limit = self.env.config.limits.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        event = first
+        while True:
+            if event is h11.NEED_DATA:
+                if size > limit:
+                    return chunks, event
+                await self._receive_client_data("request body")
+            elif isinstance(event, h11.Data):
+                chunks.append(event.data)
+                size += len(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return chunks, None
+            else:
+                raise ClientError("client closed the connection before the request body ended")
+            event = self._next_client_event()
+
+    async def _buffer_upstream_body(self, upstream: Upstream) -> tuple[list[bytes], bool]:
+        """Read the response body up to the limit: (chunks, complete)."""
+        limit = self.env.config.limits.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            with _deadline(self.timeouts.read, "upstream", "response body"):
+                event = await self._next_upstream_event(upstream)
+            if isinstance(event, h11.EndOfMessage):
+                return chunks, True
+            if not isinstance(event, h11.Data):
+                raise UpstreamError("upstream closed the connection before the response ended")
+            chunks.append(event.data)
+            size += len(event.data)
+        return chunks, False
+
+    async def _read_bodyless_end(self, upstream: Upstream) -> None:
+        with _deadline(self.timeouts.read, "upstream", "response"):
+            event = await self._next_upstream_event(upstream)
+        if not isinstance(event, h11.EndOfMessage):
+            raise UpstreamError("upstream closed the connection before the response ended")
+
+    def _client_info(self) -> ClientInfo:
+        if self._client is None:
+            info = ClientInfo(address=self.client_name)
+            if isinstance(self.client, trio.SSLStream):
+                info.tls_version = self.client.version()
+                cipher = self.client.cipher()
+                info.cipher = cipher[0] if cipher else None
+                info.sni = self.fixed.server_name if self.fixed is not None else None
+            self._client = info
+        return self._client
+
+    def _server_info(self, upstream: Upstream) -> ServerInfo:
+        info = self._servers.get(upstream)
+        if info is None:
+            info = self._servers[upstream] = server_info(upstream)
+        return dataclasses.replace(info)
 
     @staticmethod
     def _queue(pending: list[bytes], conn: h11.Connection, *events: h11.Event) -> None:
@@ -454,3 +761,67 @@ def _informational(head: h11.InformationalResponse) -> h11.InformationalResponse
     headers = strip_hop_by_hop(head.headers.raw_items())
     return h11.InformationalResponse(status_code=head.status_code, headers=headers,
                                      reason=head.reason)  # fmt: skip
+
+
+def _transformed(transform: ChunkTransform, data: bytes) -> Iterable[bytes]:
+    # mitmproxy's contract, which scripts port with: bytes or an iterable of bytes per chunk.
+    result: object = transform(data)
+    if isinstance(result, bytes | bytearray | memoryview):
+        return (bytes(result),)
+    if isinstance(result, Iterable):
+        return (bytes(chunk) for chunk in result)
+    raise HookOutputError(f"a stream transform returned {type(result).__name__}, not bytes")
+
+
+def _answered(flow: Flow) -> bool:
+    # A function, not an inline test: a hook may have set flow.response since the last look,
+    # which a type checker narrowing the attribute cannot know.
+    return flow.response is not None
+
+
+def _stripped(head: h11.Response | h11.InformationalResponse, *, upgrade: bool = False) -> Headers:
+    return strip_hop_by_hop(head.headers.raw_items(), keep_upgrade=upgrade)
+
+
+def _built(factory: Callable[[], _E]) -> _E:
+    """Build an h11 event from what a script left; h11 refuses what cannot go on the wire."""
+    try:
+        return factory()
+    except (h11.LocalProtocolError, UnicodeError, ValueError) as exc:
+        raise HookOutputError(f"a script left a message that cannot be sent: {exc}") from exc
+
+
+def _destination_for(request: Request, original: Destination) -> Destination:
+    """Where the request goes after hooks: the original destination unless its URL changed.
+
+    A new host is verified under its own name; the same host keeps the name the client asked
+    for, as its SNI may differ from the CONNECT target.
+    """
+    tls = request.scheme == "https"
+    host = request.host.lower()
+    if (host, request.port, tls) == (original.host.lower(), original.port, original.tls):
+        return original
+    same_host = host == original.host.lower()
+    server_name = original.server_name if same_host and tls else None
+    return Destination(request.host, request.port, tls=tls, server_name=server_name)
+
+
+def server_info(upstream: Upstream) -> ServerInfo:
+    """What a hook sees of the upstream: its address and, over TLS, what was negotiated."""
+    info = ServerInfo()
+    if upstream.tcp is not None:
+        try:
+            host, port, *_ = upstream.tcp.socket.getpeername()
+            info.address = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        except OSError:
+            pass
+    stream = upstream.stream
+    if isinstance(stream, trio.SSLStream):
+        info.tls_version = stream.version()
+        cipher = stream.cipher()
+        info.cipher = cipher[0] if cipher else None
+        cert = stream.getpeercert()
+        if cert:
+            subject = cast(tuple[tuple[tuple[str, str], ...], ...], cert.get("subject", ()))
+            info.certificate_subject = ", ".join(f"{k}={v}" for rdn in subject for k, v in rdn)
+    return info

@@ -20,6 +20,7 @@ from mitmlite.ca.files import LoadedCA
 from mitmlite.config import Config
 from mitmlite.connection import ConnectionEnv, handle_client, peer_name
 from mitmlite.flow import FlowSink
+from mitmlite.hooks import HookRunner
 from mitmlite.relay import RelayEnv
 from mitmlite.tls.contexts import upstream_context
 from mitmlite.upstream import TCPConnector
@@ -107,12 +108,14 @@ async def _linger_close(stream: trio.SocketStream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-def build_env(config: Config, cache: LeafCache, sink: FlowSink) -> ConnectionEnv:
+def build_env(
+    config: Config, cache: LeafCache, sink: FlowSink, hooks: HookRunner | None = None
+) -> ConnectionEnv:
     """The shared, per-process pieces: built once, passed down, never global."""
     tls = upstream_context(config.upstream_cas, insecure=config.insecure)
     timeouts = config.timeouts
     connector = TCPConnector(tls, timeouts.connect, timeouts.handshake)
-    return ConnectionEnv(relay=RelayEnv(config, connector, sink), leaves=cache)
+    return ConnectionEnv(relay=RelayEnv(config, connector, sink, hooks), leaves=cache)
 
 
 def banner(config: Config, loaded: LoadedCA, addresses: list[Address]) -> str:
@@ -145,6 +148,20 @@ def run(config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO = sys.
 
 
 async def _main(config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO) -> None:
+    hooks = env.relay.hooks
+    if hooks is not None:
+        await hooks.lifecycle("load")
+    try:
+        await _serve_until_signal(config, loaded, env, out)
+    finally:
+        if hooks is not None:
+            with trio.CancelScope(shield=True):
+                await hooks.lifecycle("done")
+
+
+async def _serve_until_signal(
+    config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             addresses = await nursery.start(serve, config, env)
