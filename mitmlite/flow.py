@@ -33,6 +33,15 @@ def _b(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode("latin-1")
 
 
+def _key(name: str | bytes) -> bytes | None:
+    # A name that latin-1 cannot encode cannot be on the wire: a lookup finds nothing (so get()
+    # and ``in`` keep the Mapping contract) instead of raising UnicodeEncodeError.
+    try:
+        return _b(name).lower()
+    except UnicodeEncodeError:
+        return None
+
+
 class Headers(MutableMapping[str, str]):
     """HTTP fields: ordered, case-insensitive lookup, duplicates and the original name case kept.
 
@@ -42,13 +51,16 @@ class Headers(MutableMapping[str, str]):
 
     def __init__(self, fields: HeadersInit | None = None) -> None:
         self.fields: RawFields = []
-        if isinstance(fields, Mapping):
+        if isinstance(fields, Headers):
+            # Its items() would join duplicates, and Set-Cookie fields must never be joined.
+            fields = fields.fields
+        elif isinstance(fields, Mapping):
             fields = list(fields.items())
         for name, value in fields or ():
             self.fields.append((_b(name), _b(value)))
 
     def get_all(self, name: str) -> list[str]:
-        key = _b(name).lower()
+        key = _key(name)
         return [v.decode("latin-1") for n, v in self.fields if n.lower() == key]
 
     def set_all(self, name: str, values: Iterable[str]) -> None:
@@ -82,7 +94,7 @@ class Headers(MutableMapping[str, str]):
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str | bytes):
             return False
-        key = _b(name).lower()
+        key = _key(name)
         return any(n.lower() == key for n, _ in self.fields)
 
     def __iter__(self) -> Iterator[str]:
@@ -108,12 +120,13 @@ class Query(MutableMapping[str, str]):
     @property
     def fields(self) -> list[tuple[str, str]]:
         query = urlsplit(self._request.path).query
-        return parse_qsl(query, keep_blank_values=True)
+        # surrogateescape: a non-UTF-8 escape (%E9) survives an edit of another field unchanged.
+        return parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
 
     @fields.setter
     def fields(self, pairs: Iterable[tuple[str, str]]) -> None:
         path = self._request.path.split("?", 1)[0]
-        query = urlencode(list(pairs))
+        query = urlencode(list(pairs), errors="surrogateescape")
         self._request.path = f"{path}?{query}" if query else path
 
     def get_all(self, name: str) -> list[str]:
@@ -188,8 +201,10 @@ class _Message:
         content_type = self.headers.get("content-type", "")
         for part in content_type.split(";")[1:]:
             key, _, value = part.strip().partition("=")
-            if key.lower() == "charset" and value:
+            if key.lower() == "charset" and value and _is_text_codec(value.strip('"')):
                 return value.strip('"').lower()
+        # A label Python cannot decode with falls back to the default, as browsers fall back for
+        # labels the WHATWG Encoding Standard does not know: reading .text never raises LookupError.
         return "utf-8"
 
     def json(self) -> Any:
@@ -201,6 +216,15 @@ class _Message:
         if self.raw_content is not None:
             self.headers.set_all("transfer-encoding", [])
             self.headers["content-length"] = str(len(self.raw_content))
+
+
+def _is_text_codec(label: str) -> bool:
+    # LookupError both for unknown labels and for bytes-to-bytes codecs such as "rot13" or "hex".
+    try:
+        "".encode(label)
+    except LookupError:
+        return False
+    return True
 
 
 @dataclass(eq=False)
@@ -238,12 +262,16 @@ class Request(_Message):
     @url.setter
     def url(self, value: str) -> None:
         """Re-target the request: scheme, host, port, path and the Host header follow the URL."""
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises ValueError for a port out of range or not a number
+        except ValueError as exc:
+            raise MitmliteError(f"cannot set request.url to {value!r}: {exc}") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
             raise MitmliteError(f"cannot set request.url to {value!r}: need http(s)://host/...")
         self.scheme = parts.scheme
         self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.port = port or (443 if parts.scheme == "https" else 80)
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if "host" in self.headers:
             self.headers["host"] = self.authority
@@ -271,18 +299,20 @@ class Response(_Message):
         content: bytes | str | Any = b"",
         headers: HeadersInit | None = None,
     ) -> Response:
-        """A complete response built by a script: bytes, text (UTF-8) or JSON-able data."""
-        hdrs = Headers(headers)
+        """A complete response built by a script: bytes, text or JSON-able data.
+
+        ``content`` is the decoded body, as ``.content`` is: text is encoded with the charset of
+        a given Content-Type (UTF-8 by default) and the body with a given Content-Encoding.
+        """
+        response = cls(status_code=status_code, headers=Headers(headers))
         if isinstance(content, str):
-            body = content.encode()
-            hdrs.setdefault("content-type", "text/plain; charset=utf-8")
+            response.headers.setdefault("content-type", "text/plain; charset=utf-8")
+            response.text = content
         elif isinstance(content, bytes):
-            body = content
+            response.content = content
         else:
-            body = json.dumps(content).encode()
-            hdrs.setdefault("content-type", "application/json")
-        response = cls(status_code=status_code, headers=hdrs, raw_content=body)
-        response._fix_length()
+            response.headers.setdefault("content-type", "application/json")
+            response.content = json.dumps(content).encode()
         return response
 
 

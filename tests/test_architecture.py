@@ -21,6 +21,8 @@ PURE = [
     "mitmlite/errors.py",
     "mitmlite/http1.py",
     "mitmlite/flow.py",
+    "mitmlite/messages.py",
+    "mitmlite/onboarding.py",
     "mitmlite/encoding.py",
     "mitmlite/log.py",  # writes to a TextIO it is given, but imports no I/O framework
     "mitmlite/ca/names.py",
