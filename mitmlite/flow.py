@@ -322,6 +322,7 @@ class ClientInfo:
 
     address: str
     sni: str | None = None
+    alpn: str | None = None  # the protocol agreed with the client (always http/1.1 today)
     alpn_offered: tuple[str, ...] = ()
     tls_version: str | None = None
     cipher: str | None = None

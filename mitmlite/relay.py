@@ -23,6 +23,7 @@ import h11
 import trio
 
 from mitmlite import messages
+from mitmlite.ca.authority import RootCA
 from mitmlite.config import Config
 from mitmlite.errors import (
     ClientError,
@@ -53,6 +54,7 @@ from mitmlite.http1 import (
     reason_phrase,
     strip_hop_by_hop,
 )
+from mitmlite.onboarding import is_onboarding_host, onboarding_response
 from mitmlite.streams import PrefixedStream, pipe, receive_batch
 from mitmlite.upstream import Connector, Destination, Upstream
 
@@ -68,6 +70,7 @@ class RelayEnv:
     connect: Connector
     sink: FlowSink
     hooks: HookRunner | None = None  # None without -s: nothing is ever buffered
+    ca: RootCA | None = None  # serves the onboarding site at http://mitmlite.ca/ when set
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ class _Streamed:
 
 
 _Body = _Buffered | _Streamed
+_Route = tuple[Destination, bytes, list[tuple[bytes, bytes]]]  # where, origin-form target, fields
 
 
 class _StaleUpstreamError(Exception):
@@ -224,13 +228,16 @@ class Relay:
             pass
 
     async def _exchange(self, request: h11.Request, record: FlowRecord) -> None:
+        dest, target, headers = self._route(request, record)
+        if self.env.ca is not None and is_onboarding_host(dest.host):
+            await self._onboarding(self.env.ca, request, target, record)
+            return
         hooks = self.env.hooks
         if hooks is not None:
             hooks.before_flow()
             if hooks.wants_flows():
-                await self._hooked_exchange(hooks, request, record)
+                await self._hooked_exchange(hooks, request, (dest, target, headers), record)
                 return
-        dest, target, headers = self._route(request, record)
         upgrade = is_upgrade_request(request.headers)
         headers = await self._answer_expect(strip_hop_by_hop(headers, keep_upgrade=upgrade))
         outgoing = h11.Request(method=request.method, target=target, headers=headers)
@@ -280,9 +287,23 @@ class Relay:
                     raise UpstreamError(f"{dest.host}:{dest.port} closed the connection") from None
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def _route(
-        self, request: h11.Request, record: FlowRecord
-    ) -> tuple[Destination, bytes, list[tuple[bytes, bytes]]]:
+    async def _onboarding(
+        self, root: RootCA, request: h11.Request, target: bytes, record: FlowRecord
+    ) -> None:
+        """The magic host is answered here and never forwarded, whatever a script would do."""
+        while isinstance(self._next_client_event(), h11.Data):
+            pass  # GET/HEAD carry no body worth reading; others get a 405 and a close
+        method = request.method.decode("ascii", "replace")
+        response = onboarding_response(method, target.decode("ascii", "replace"), root)
+        body = response.raw_content or b""
+        events: list[h11.Event] = [messages.response_head(response, list(response.headers.fields))]
+        if body and method != "HEAD":
+            events.append(h11.Data(data=body))
+        record.status = response.status_code
+        record.response_bytes = len(body) if method != "HEAD" else 0
+        await self._send_client(*events, h11.EndOfMessage())
+
+    def _route(self, request: h11.Request, record: FlowRecord) -> _Route:
         headers: Headers = list(request.headers.raw_items())
         if self.fixed is not None:
             path = request.target
@@ -476,9 +497,9 @@ class Relay:
     # and bodies a script marked `.stream` go through as they arrive.
 
     async def _hooked_exchange(
-        self, hooks: HookRunner, request: h11.Request, record: FlowRecord
+        self, hooks: HookRunner, request: h11.Request, route: _Route, record: FlowRecord
     ) -> None:
-        dest, target, fields = self._route(request, record)
+        dest, target, fields = route
         upgrade = is_upgrade_request(request.headers)
         fields = await self._answer_expect(strip_hop_by_hop(fields, keep_upgrade=upgrade))
         origin = ("https" if dest.tls else "http", dest.host, dest.port)
@@ -684,6 +705,7 @@ class Relay:
                 info.tls_version = self.client.version()
                 cipher = self.client.cipher()
                 info.cipher = cipher[0] if cipher else None
+                info.alpn = self.client.selected_alpn_protocol()
                 info.sni = self.fixed.server_name if self.fixed is not None else None
             self._client = info
         return self._client

@@ -115,7 +115,8 @@ def build_env(
     tls = upstream_context(config.upstream_cas, insecure=config.insecure)
     timeouts = config.timeouts
     connector = TCPConnector(tls, timeouts.connect, timeouts.handshake)
-    return ConnectionEnv(relay=RelayEnv(config, connector, sink, hooks), leaves=cache)
+    relay = RelayEnv(config, connector, sink, hooks, ca=cache.root)
+    return ConnectionEnv(relay=relay, leaves=cache)
 
 
 def banner(config: Config, loaded: LoadedCA, addresses: list[Address]) -> str:
@@ -128,6 +129,7 @@ def banner(config: Config, loaded: LoadedCA, addresses: list[Address]) -> str:
         "Try it:",
         f"  https_proxy={url} curl --cacert {loaded.cert_path} https://example.org/",
         f"  http_proxy={url} curl http://example.org/",
+        "Trust the CA: open http://mitmlite.ca/ in a browser that uses the proxy",
     ]
     if config.insecure:
         lines.insert(0, INSECURE_WARNING)
