@@ -26,6 +26,7 @@ class Timeouts:
     idle: float = 60.0  # a keep-alive connection with no request in flight
     upstream_response: float = 120.0  # first byte of an upstream response (504)
     read: float = 300.0  # any later read of a body in either direction
+    shutdown: float = 10.0  # flows in progress at Ctrl-C/SIGTERM may finish within this
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

@@ -368,9 +368,41 @@ class Flow:
         self.killed = True
 
 
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """How much of each flow the sinks want kept beyond the summary line.
+
+    ``headers`` for ``-v`` and HAR; ``body_bytes`` > 0 keeps that many leading bytes of each body
+    as it streams past (``-vv``, HAR), so a capture never buffers a body the relay streams.
+    """
+
+    headers: bool = False
+    body_bytes: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.headers or self.body_bytes > 0
+
+
+@dataclass(eq=False, slots=True)
+class FlowTimings:
+    """Monotonic stamps of one exchange's phases (None when a phase did not happen)."""
+
+    connect_start: float | None = None  # a new upstream connection was opened for this flow
+    tcp_end: float | None = None
+    tls_end: float | None = None
+    request_sent: float | None = None  # the last request byte went to the upstream
+    response_start: float | None = None  # the response head arrived
+    response_end: float | None = None
+
+
 @dataclass(eq=False, slots=True)
 class FlowRecord:
-    """One exchange as the log sees it: who asked what, and how it ended."""
+    """One exchange as the log and HAR see it: who asked what, and how it ended.
+
+    The summary fields are always filled. Headers, body previews, TLS details and timings are
+    filled only when a sink asked for them through ``Capture``.
+    """
 
     client: str
     method: str
@@ -382,6 +414,21 @@ class FlowRecord:
     duration: float = 0.0
     error: str | None = None
     unverified: bool = False  # the upstream's certificate was not checked (--insecure)
+    # Detail, filled under Capture:
+    wall_started: float = 0.0  # time.time() at the start, for HAR's startedDateTime
+    http_version: str = "HTTP/1.1"
+    reason: str = ""
+    request_headers: RawFields | None = None
+    response_headers: RawFields | None = None
+    request_body: bytes = b""  # the leading Capture.body_bytes of the body, as on the wire
+    response_body: bytes = b""
+    request_body_complete: bool = True  # False when the capture kept only a prefix
+    response_body_complete: bool = True
+    server_address: str | None = None
+    client_tls: tuple[str | None, str | None] | None = None  # (version, cipher)
+    server_tls: tuple[str | None, str | None] | None = None
+    sni: str | None = None
+    timings: FlowTimings = field(default_factory=FlowTimings)
 
 
 class FlowSink(Protocol):

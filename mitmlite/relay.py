@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -36,6 +36,7 @@ from mitmlite.errors import (
     UpstreamTimeoutError,
 )
 from mitmlite.flow import (
+    Capture,
     ChunkTransform,
     ClientInfo,
     Flow,
@@ -62,6 +63,33 @@ Headers = list[tuple[bytes, bytes]]
 _E = TypeVar("_E", bound=h11.Event)
 
 
+class IdleClients:
+    """Client connections waiting between requests; a graceful stop closes them at once.
+
+    A shutdown lets flows in progress finish, but a keep-alive connection with nothing in
+    flight would otherwise hold it for the whole idle timeout.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: set[trio.CancelScope] = set()
+        self.closing = False
+
+    @contextmanager
+    def waiting(self, scope: trio.CancelScope) -> Iterator[None]:
+        if self.closing:
+            scope.cancel()
+        self._waiting.add(scope)
+        try:
+            yield
+        finally:
+            self._waiting.discard(scope)
+
+    def close_all(self) -> None:
+        self.closing = True
+        for scope in self._waiting:
+            scope.cancel()
+
+
 @dataclass(frozen=True, slots=True)
 class RelayEnv:
     """Per-process things every relay shares: built once by the CLI."""
@@ -71,6 +99,8 @@ class RelayEnv:
     sink: FlowSink
     hooks: HookRunner | None = None  # None without -s: nothing is ever buffered
     ca: RootCA | None = None  # serves the onboarding site at http://mitmlite.ca/ when set
+    capture: Capture = field(default_factory=Capture)  # what sinks keep beyond the summary
+    idle: IdleClients = field(default_factory=IdleClients)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +149,8 @@ class Relay:
         self._client_pending: list[bytes] = []
         self._client: ClientInfo | None = None  # what hooks see of the client, built once
         self._servers: dict[Upstream, ServerInfo] = {}
+        self._capture = env.capture if env.capture.enabled else None
+        self._record = FlowRecord("", "", "", 0.0)  # the current exchange's, set by cycle()
 
     async def run(self, first: h11.Request | None = None) -> h11.Request | None:
         """Serve requests; returns a CONNECT request met on a plain proxy connection, else None."""
@@ -161,14 +193,15 @@ class Relay:
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed, or PAUSED after a protocol switch
             deadline = self.timeouts.request_header if started else self.timeouts.idle
-            with trio.move_on_after(deadline):
-                try:
-                    data = await receive_batch(self.client, self.read_size)
-                except trio.BrokenResourceError:  # TLS EOF without close_notify: a close
-                    data = b""
-                self.conn.receive_data(cast(bytes, data))
-                started = True
-                continue
+            with trio.move_on_after(deadline) as scope:
+                with self.env.idle.waiting(scope) if not started else nullcontext():
+                    try:
+                        data = await receive_batch(self.client, self.read_size)
+                    except trio.BrokenResourceError:  # TLS EOF without close_notify: a close
+                        data = b""
+                    self.conn.receive_data(cast(bytes, data))
+                    started = True
+                    continue
             if started:
                 raise ClientTimeoutError(f"request head not received within {deadline:g} s")
             return None
@@ -197,6 +230,9 @@ class Relay:
             url=request.target.decode("ascii", "replace"),
             started=time.monotonic(),
         )
+        self._record = record
+        if self._capture is not None:
+            self._start_capture(record, request)
         try:
             await self._exchange(request, record)
         except MitmliteError as exc:
@@ -271,16 +307,26 @@ class Relay:
             if body.data:
                 head_events.append(h11.Data(data=body.data))
             head_events.append(h11.EndOfMessage())
+        if self._capture is not None:
+            record.request_headers = list(request.headers.raw_items())
+            if isinstance(body, _Buffered):
+                self._keep_request(body.data)
         for attempt in (1, 2):
+            connect_start = time.monotonic()
             upstream, reused = await self._upstream_for(dest)
             record.unverified = not upstream.verified
+            if self._capture is not None:
+                self._upstream_detail(record, upstream, None if reused else connect_start)
             try:
                 await self._send_upstream(upstream, *head_events)
                 if isinstance(body, _Streamed):
                     record.request_bytes = await self._relay_request_body(upstream, body)
                 elif body.data:
                     record.request_bytes = len(body.data)
-                return upstream, await self._response_head(upstream, retry_on_eof=buffered)
+                record.timings.request_sent = time.monotonic()
+                head = await self._response_head(upstream, retry_on_eof=buffered)
+                record.timings.response_start = time.monotonic()
+                return upstream, head
             except _StaleUpstreamError:
                 await self._drop(upstream)
                 if not reused or attempt == 2:
@@ -296,12 +342,17 @@ class Relay:
         method = request.method.decode("ascii", "replace")
         response = onboarding_response(method, target.decode("ascii", "replace"), root)
         body = response.raw_content or b""
-        events: list[h11.Event] = [messages.response_head(response, list(response.headers.fields))]
+        head = messages.response_head(response, list(response.headers.fields))
+        events: list[h11.Event] = [head]
         if body and method != "HEAD":
             events.append(h11.Data(data=body))
         record.status = response.status_code
         record.response_bytes = len(body) if method != "HEAD" else 0
+        if self._capture is not None:
+            self._response_detail(record, head, list(head.headers.raw_items()))
+            self._keep_response(body if method != "HEAD" else b"")
         await self._send_client(*events, h11.EndOfMessage())
+        record.timings.response_end = time.monotonic()
 
     def _route(self, request: h11.Request, record: FlowRecord) -> _Route:
         headers: Headers = list(request.headers.raw_items())
@@ -342,8 +393,11 @@ class Relay:
         """Stream the client's body to the upstream (through a script's transform, if any)."""
         sent = 0
         transform = body.transform
+        keep = self._capture is not None
         for chunk in body.prefix:
             sent += len(chunk)
+            if keep:
+                self._keep_request(chunk)
             self._queue_data(upstream.pending, upstream.conn, chunk, transform)
         event = body.first
         while True:
@@ -352,6 +406,8 @@ class Relay:
                 await self._receive_client_data("request body")
             elif isinstance(event, h11.Data):
                 sent += len(event.data)
+                if keep:
+                    self._keep_request(event.data)
                 if transform is None:
                     self._queue(upstream.pending, upstream.conn, event)
                 else:
@@ -404,6 +460,8 @@ class Relay:
             head = await self._response_head(upstream)
         record.status = head.status_code
         headers = strip_hop_by_hop(head.headers.raw_items())
+        if self._capture is not None:
+            self._response_detail(record, head, headers)
         response = h11.Response(status_code=head.status_code, headers=headers, reason=head.reason)
         # Queued, not sent: the head goes out with the first body bytes in one TLS record.
         self._queue(self._client_pending, self.conn, response)
@@ -430,11 +488,14 @@ class Relay:
         self, upstream: Upstream, transform: ChunkTransform | None = None
     ) -> int:
         received = 0
+        keep = self._capture is not None
         while True:
             with _deadline(self.timeouts.read, "upstream", "response body"):
                 event = await self._next_upstream_event(upstream)
             if isinstance(event, h11.Data):
                 received += len(event.data)
+                if keep:
+                    self._keep_response(event.data)
                 if transform is None:
                     self._queue(self._client_pending, self.conn, event)
                 else:
@@ -446,6 +507,7 @@ class Relay:
                 self._queue_data(self._client_pending, self.conn, b"", transform)
             self._queue(self._client_pending, self.conn, event)
             await self._flush_client()
+            self._record.timings.response_end = time.monotonic()
             return received
 
     async def _next_upstream_event(self, upstream: Upstream) -> h11.Event:
@@ -605,6 +667,10 @@ class Relay:
         fields = messages.framed_for_stream(resp.headers, transformed=transform is not None)
         record.status = resp.status_code
         head_out = _built(lambda: messages.response_head(resp, fields))
+        if self._capture is not None:
+            self._response_detail(record, head_out, fields)
+            for chunk in prefix:
+                self._keep_response(chunk)
         self._queue(self._client_pending, self.conn, head_out)
         for chunk in prefix:
             self._queue_data(self._client_pending, self.conn, chunk, transform)
@@ -637,15 +703,17 @@ class Relay:
         body = resp.raw_content or b""
         if messages.response_has_body(flow.request.method, resp.status_code):
             fields = messages.framed_for_body(resp.headers, body, had_body=True)
-            events: list[h11.Event] = [_built(lambda: messages.response_head(resp, fields))]
-            if body:
-                events.append(h11.Data(data=body))
         else:
-            events = [_built(lambda: messages.response_head(resp, list(resp.headers.fields)))]
-            body = b""
+            fields, body = list(resp.headers.fields), b""
+        head = _built(lambda: messages.response_head(resp, fields))
+        events: list[h11.Event] = [head, h11.Data(data=body)] if body else [head]
         record.status = resp.status_code
         record.response_bytes = len(body)
+        if self._capture is not None:
+            self._response_detail(record, head, fields)
+            self._keep_response(body)
         await self._send_client(*events, h11.EndOfMessage())
+        record.timings.response_end = time.monotonic()
         if finish is not None:
             await self._finish_upstream(finish)
         return True
@@ -715,6 +783,54 @@ class Relay:
         if info is None:
             info = self._servers[upstream] = server_info(upstream)
         return dataclasses.replace(info)
+
+    # --- capture for -v, -vv and HAR: only when a sink asked (RelayEnv.capture) ----------------
+
+    def _start_capture(self, record: FlowRecord, request: h11.Request) -> None:
+        record.wall_started = time.time()
+        record.request_headers = list(request.headers.raw_items())  # replaced by what is sent
+        if isinstance(self.client, trio.SSLStream):
+            cipher = self.client.cipher()
+            record.client_tls = (self.client.version(), cipher[0] if cipher else None)
+            record.sni = self.fixed.server_name if self.fixed is not None else None
+
+    def _upstream_detail(
+        self, record: FlowRecord, upstream: Upstream, connect_start: float | None
+    ) -> None:
+        info = self._server_info(upstream)
+        record.server_address = info.address
+        if info.tls_version is not None:
+            record.server_tls = (info.tls_version, info.cipher)
+        timings = record.timings
+        if connect_start is None:  # a reused connection: no set-up time for this flow
+            timings.connect_start = timings.tcp_end = timings.tls_end = None
+        else:
+            # The connector does TCP and TLS in one call, so the whole set-up counts as
+            # connect; tls_end stays unknown (HAR's ssl -1) rather than made up.
+            timings.connect_start = connect_start
+            timings.tcp_end = time.monotonic()
+            timings.tls_end = None
+
+    def _response_detail(self, record: FlowRecord, head: h11.Response, fields: Headers) -> None:
+        record.http_version = messages.http_version(head.http_version)
+        record.reason = head.reason.decode("latin-1")
+        record.response_headers = fields
+
+    def _keep_request(self, data: bytes) -> None:
+        record = self._record
+        room = self._capture.body_bytes - len(record.request_body) if self._capture else 0
+        if len(data) > room:
+            record.request_body_complete = False
+        if room > 0 and data:
+            record.request_body += data[:room]
+
+    def _keep_response(self, data: bytes) -> None:
+        record = self._record
+        room = self._capture.body_bytes - len(record.response_body) if self._capture else 0
+        if len(data) > room:
+            record.response_body_complete = False
+        if room > 0 and data:
+            record.response_body += data[:room]
 
     @staticmethod
     def _queue(pending: list[bytes], conn: h11.Connection, *events: h11.Event) -> None:

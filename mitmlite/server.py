@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
 import trio
@@ -19,7 +19,7 @@ from mitmlite.ca.cache import LeafCache
 from mitmlite.ca.files import LoadedCA
 from mitmlite.config import Config
 from mitmlite.connection import ConnectionEnv, handle_client, peer_name
-from mitmlite.flow import FlowSink
+from mitmlite.flow import Capture, FlowSink
 from mitmlite.hooks import HookRunner
 from mitmlite.relay import RelayEnv
 from mitmlite.tls.contexts import upstream_context
@@ -32,6 +32,8 @@ _ACCEPT_BACKOFF = 0.1
 # How long and how much a closing connection may drain before it is closed regardless.
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 1024 * 1024
+# How often the HAR file is rewritten while the proxy runs (only when new flows arrived).
+FLUSH_SECONDS = 5.0
 
 Address = tuple[str, int]
 
@@ -39,15 +41,20 @@ Address = tuple[str, int]
 async def serve(
     config: Config,
     env: ConnectionEnv,
+    connections: trio.Nursery | None = None,
     *,
     task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen and serve until cancelled; reports the bound addresses through ``task_status``."""
+    """Listen and serve until cancelled; reports the bound addresses through ``task_status``.
+
+    Connections run in ``connections`` when given, so that cancelling this task stops accepting
+    while the connections already accepted go on (a graceful stop); else in our own nursery.
+    """
     listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     limiter = trio.CapacityLimiter(config.limits.max_connections)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, limiter, env, nursery)
+            nursery.start_soon(_accept_loop, listener, limiter, env, connections or nursery)
         task_status.started([listener.socket.getsockname()[:2] for listener in listeners])
 
 
@@ -109,13 +116,18 @@ async def _linger_close(stream: trio.SocketStream) -> None:
 
 
 def build_env(
-    config: Config, cache: LeafCache, sink: FlowSink, hooks: HookRunner | None = None
+    config: Config,
+    cache: LeafCache,
+    sink: FlowSink,
+    hooks: HookRunner | None = None,
+    *,
+    capture: Capture | None = None,
 ) -> ConnectionEnv:
     """The shared, per-process pieces: built once, passed down, never global."""
     tls = upstream_context(config.upstream_cas, insecure=config.insecure)
     timeouts = config.timeouts
     connector = TCPConnector(tls, timeouts.connect, timeouts.handshake)
-    relay = RelayEnv(config, connector, sink, hooks, ca=cache.root)
+    relay = RelayEnv(config, connector, sink, hooks, ca=cache.root, capture=capture or Capture())
     return ConnectionEnv(relay=relay, leaves=cache)
 
 
@@ -142,35 +154,80 @@ INSECURE_WARNING = (
 )
 
 
-def run(config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO = sys.stdout) -> None:
-    """Run the proxy in the foreground until Ctrl-C or SIGTERM."""
+Flush = Callable[[], None]
+
+
+def run(
+    config: Config,
+    loaded: LoadedCA,
+    env: ConnectionEnv,
+    out: TextIO = sys.stdout,
+    flush: Flush | None = None,
+) -> None:
+    """Run the proxy in the foreground until Ctrl-C or SIGTERM, then stop gracefully.
+
+    ``flush`` (the HAR writer) runs every few seconds and once more at the very end.
+    """
     if config.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
-    trio.run(_main, config, loaded, env, out)
+    trio.run(_main, config, loaded, env, out, flush)
 
 
-async def _main(config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO) -> None:
+async def _main(
+    config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO, flush: Flush | None
+) -> None:
     hooks = env.relay.hooks
     if hooks is not None:
         await hooks.lifecycle("load")
     try:
-        await _serve_until_signal(config, loaded, env, out)
+        await _serve_until_signal(config, loaded, env, out, flush)
     finally:
         if hooks is not None:
             with trio.CancelScope(shield=True):
                 await hooks.lifecycle("done")
+        if flush is not None:
+            flush()
 
 
 async def _serve_until_signal(
-    config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO
+    config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO, flush: Flush | None
 ) -> None:
+    def say(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    grace = config.timeouts.shutdown
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(serve, config, env)
-            out.write(banner(config, loaded, addresses) + "\n")
-            out.flush()
-            async for signum in signals:
-                out.write(f"mitmlite: {signal.Signals(signum).name}, shutting down\n")
-                out.flush()
-                nursery.cancel_scope.cancel()
-                break
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    addresses = await accepting.start(serve, config, env, connections)
+                    say(banner(config, loaded, addresses))
+                    if flush is not None:
+                        accepting.start_soon(_every, FLUSH_SECONDS, flush)
+                    signum = await signals.__anext__()
+                    accepting.cancel_scope.cancel()
+                # Not accepting any more: flows in progress may finish within the grace time,
+                # connections idle between requests close now.
+                env.relay.idle.close_all()
+                busy = len(connections.child_tasks)
+                name = signal.Signals(signum).name
+                say(f"mitmlite: {name}: stopped accepting; waiting up to {grace:g} s for "
+                    f"{busy} connection(s) to finish (again to quit now)")  # fmt: skip
+                connections.cancel_scope.deadline = trio.current_time() + grace
+                outer.start_soon(_quit_on_signal, signals, connections.cancel_scope, say)
+            outer.cancel_scope.cancel()  # every connection is done: stop watching for signals
+
+
+async def _quit_on_signal(
+    signals: AsyncIterator[int], scope: trio.CancelScope, say: Callable[[str], None]
+) -> None:
+    signum = await signals.__anext__()
+    say(f"mitmlite: {signal.Signals(signum).name} again: closing every connection now")
+    scope.cancel()
+
+
+async def _every(seconds: float, chore: Flush) -> None:
+    while True:
+        await trio.sleep(seconds)
+        chore()
