@@ -9,6 +9,8 @@ Routes (all deterministic, so tests can assert on exact bytes):
   /echo              JSON of method, target, headers (in order, raw case) and body sha256/length
   /cookies           two Set-Cookie headers
   /gzip              a gzip-encoded text body (Content-Encoding: gzip)
+  /html              an HTML page in UTF-8, not compressed
+  /html-br           the same page, brotli-compressed (Content-Encoding: br)
   /redirect?to=URL   302 to URL
   /sse               Server-Sent Events: one event now, the next only after ``release`` is set
   /slow              waits on ``release`` before answering (for timeout tests)
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
+import brotli  # type: ignore[import-untyped]  # no type stubs
 import h11
 import trio
 import wsproto
@@ -185,6 +188,20 @@ async def _gzip(conn: _Conn, req: h11.Request, body: bytes) -> None:
     await conn.respond(200, headers, gzip.compress(text))
 
 
+# Non-ASCII on purpose: a rewrite that ignored the charset would corrupt "Grüße".
+HTML_PAGE = "<html><body><h1>Grüße</h1>" + "page hello " * 100 + "</body></html>"
+
+
+async def _html(conn: _Conn, req: h11.Request, body: bytes) -> None:
+    headers = [(b"Content-Type", b"text/html; charset=utf-8")]
+    await conn.respond(200, headers, HTML_PAGE.encode())
+
+
+async def _html_br(conn: _Conn, req: h11.Request, body: bytes) -> None:
+    headers = [(b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Encoding", b"br")]
+    await conn.respond(200, headers, cast(bytes, brotli.compress(HTML_PAGE.encode())))
+
+
 async def _redirect(conn: _Conn, req: h11.Request, body: bytes) -> None:
     to = parse_qs(urlsplit(req.target.decode()).query)["to"][0]
     await conn.respond(302, [(b"Location", to.encode())], b"")
@@ -217,6 +234,8 @@ _ROUTES: dict[str, Handler] = {
     "/echo": _echo,
     "/cookies": _cookies,
     "/gzip": _gzip,
+    "/html": _html,
+    "/html-br": _html_br,
     "/redirect": _redirect,
     "/sse": _sse,
     "/slow": _slow,
