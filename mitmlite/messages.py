@@ -99,6 +99,10 @@ def request_head(request: Request, fields: RawFields) -> h11.Request:
 
 
 def response_head(response: Response, fields: RawFields) -> h11.Response:
+    # h11 checks header fields but writes the reason phrase as given: a CR or LF from a script
+    # would split the response (RFC 9112 §4: reason-phrase is HTAB, SP, VCHAR, obs-text only).
+    if any((c < " " and c != "\t") or c == "\x7f" for c in response.reason):
+        raise ValueError(f"reason phrase {response.reason!r} has control characters")
     return h11.Response(status_code=response.status_code, headers=fields,
                         reason=response.reason.encode("latin-1", "replace"))  # fmt: skip
 

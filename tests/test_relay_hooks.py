@@ -532,3 +532,19 @@ async def test_async_hook_that_waits_does_not_hold_other_connections(
     head, _, _ = await first.client.response()  # and /go opened the gate for the first
     assert head.status_code == 200
     assert first.origin.requests == ["/wait"]
+
+
+async def test_a_reason_phrase_with_a_newline_is_a_500_not_a_split_response(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    relay = await start(
+        nursery,
+        tmp_path,
+        """
+        def response(flow):
+            flow.response.reason = "OK\\r\\nSet-Cookie: injected=1"
+        """,
+    )
+    head, body = await relay.client.get(b"/x")
+    assert head.status_code == 500
+    assert b"injected" not in b"".join(v for _, v in head.headers.raw_items())
