@@ -29,6 +29,7 @@ PURE = [
     "mitmlite/ca/authority.py",
     "mitmlite/ca/trust.py",
     "mitmlite/tls/clienthello.py",
+    "mitmlite/tls/fingerprints.py",
 ]
 IO_MODULES = frozenset({"trio", "socket", "ssl", "asyncio", "select", "selectors"})
 

@@ -545,6 +545,6 @@ async def test_a_reason_phrase_with_a_newline_is_a_500_not_a_split_response(
             flow.response.reason = "OK\\r\\nSet-Cookie: injected=1"
         """,
     )
-    head, body = await relay.client.get(b"/x")
+    head, _body = await relay.client.get(b"/x")
     assert head.status_code == 500
     assert b"injected" not in b"".join(v for _, v in head.headers.raw_items())
