@@ -25,8 +25,9 @@ from mitmlite.ca.files import LoadedCA, default_home, init_ca, load_ca, load_or_
 from mitmlite.ca.trust import describe, instructions
 from mitmlite.config import DEFAULT_LISTEN, Config, Limits, Timeouts, is_loopback, parse_listen
 from mitmlite.errors import MitmliteError
+from mitmlite.har import HarSink
 from mitmlite.hooks import HookRunner
-from mitmlite.log import LineLog
+from mitmlite.log import Fanout, LineLog, merged_capture
 from mitmlite.scripts import Scripts
 from mitmlite.server import build_env, run
 
@@ -147,7 +148,14 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
     show_envvar=True,
     help="DANGEROUS: do not verify upstream certificates.",
 )
-@click.option("-q", "--quiet", is_flag=True, envvar="MITMLITE_QUIET", help="No flow lines.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    envvar="MITMLITE_QUIET",
+    show_envvar=True,
+    help="No line for successful flows; errors still print.",
+)
 @click.option(
     "-s",
     "--script",
@@ -158,6 +166,33 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
     show_envvar=True,
     help="Hook script (Python) to load; repeatable, hooks run in the order given.",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    envvar="MITMLITE_VERBOSE",
+    show_envvar=True,
+    help="-v adds request and response headers to each flow line, -vv also the bodies.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="MITMLITE_LOG_FORMAT",
+    show_envvar=True,
+    help="json: one JSON object per flow and per event, for machines.",
+)
+@click.option(
+    "--har",
+    "har_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    envvar="MITMLITE_HAR",
+    show_envvar=True,
+    help="Write every flow to this HAR 1.2 file (rewritten every few seconds and on exit).",
+)
+@tuning("--har-body-size", int, 1024 * 1024, "Bytes of each body kept in the HAR file.")
+@tuning("--shutdown-timeout", float, _T.shutdown, "Seconds flows may finish after Ctrl-C.")
 @tuning(
     "--max-body-size", int, _L.max_body_bytes, "Bytes of body buffered for hooks; more streams."
 )
@@ -179,9 +214,23 @@ def cli(ctx: click.Context, /, **options: Any) -> None:
     loaded = obtain_ca(options["ca_path"], options["ca_key"], options["ca_pass"])
     cache = leaf_cache(loaded, config.limits.leaf_cache_hosts)
     warn_if_exposed(config)
-    log = LineLog(sys.stdout, quiet=config.quiet)
-    env = build_env(config, cache, log, load_hooks(config, log))
-    run(config, loaded, env)
+    log = LineLog(
+        sys.stdout,
+        quiet=config.quiet,
+        verbosity=options["verbose"],
+        json_lines=options["log_format"] == "json",
+    )
+    hooks = load_hooks(config, log)
+    har_path: Path | None = options["har_path"]
+    if har_path is None:
+        env = build_env(config, cache, log, hooks, capture=log.capture)
+        run(config, loaded, env)
+        return
+    har = HarSink(har_path, options["har_body_size"])
+    har.write(har_path)  # fails now, with exit 2, if the file cannot be written
+    capture = merged_capture(log.capture, har.capture)
+    env = build_env(config, cache, Fanout([log, har]), hooks, capture=capture)
+    run(config, loaded, env, flush=lambda: har.flush_if_dirty(har_path))
 
 
 def load_hooks(config: Config, log: LineLog) -> HookRunner | None:
@@ -206,6 +255,7 @@ def build_config(options: dict[str, Any]) -> Config:
         idle=options["idle_timeout"],
         request_header=options["header_timeout"],
         upstream_response=options["read_timeout"],
+        shutdown=options["shutdown_timeout"],
     )
     limits = Limits(
         max_header_bytes=options["max_header_size"],

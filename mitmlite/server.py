@@ -228,6 +228,8 @@ async def _quit_on_signal(
 
 
 async def _every(seconds: float, chore: Flush) -> None:
+    # In a worker thread: a HAR rewrite is blocking file I/O that grows with the run, and the
+    # connections must not stall on it (HarSink serialises its writes with a lock).
     while True:
         await trio.sleep(seconds)
-        chore()
+        await trio.to_thread.run_sync(chore)

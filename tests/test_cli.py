@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from cryptography import x509
@@ -342,3 +343,27 @@ def test_missing_upstream_ca_is_one_line(home: Path, tmp_path: Path) -> None:
         f"mitmlite: error: cannot load upstream CA {missing}: [Errno 2] No such file or directory"
     )
     assert "Traceback" not in result.output
+
+
+def test_help_lists_every_option_with_its_environment_variable() -> None:
+    result = CliRunner().invoke(cli, ["--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for param in cli.params:
+        if param.name in ("help", "version") or not isinstance(param, click.Option):
+            continue
+        line = next((line for line in result.output.splitlines() if param.opts[-1] in line), None)
+        assert line is not None, f"{param.opts} missing from --help"
+        assert str(param.envvar).startswith("MITMLITE_"), f"{param.opts} has no variable"
+        assert str(param.envvar) in result.output, f"{param.envvar} not shown in --help"
+
+
+def test_help_shows_defaults() -> None:
+    result = CliRunner().invoke(cli, ["--help"], terminal_width=200)
+    assert "default: 127.0.0.1:8080" in result.output
+    assert "default: 33554432" in result.output
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"mitmlite, version {__version__}"
