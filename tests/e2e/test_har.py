@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from haralyzer import HarEntry, HarParser
+from haralyzer import HarEntry, HarParser  # type: ignore[import-untyped]
 
 from tests.e2e.conftest import Origin, OriginCerts, curl, start_proxy
 
