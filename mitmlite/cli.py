@@ -20,6 +20,7 @@ import click
 from cryptography.hazmat.primitives import serialization
 
 from mitmlite import __version__
+from mitmlite.auth import parse_proxy_auth
 from mitmlite.ca.cache import LeafCache, leaves_dir
 from mitmlite.ca.files import LoadedCA, default_home, init_ca, load_ca, load_or_init, write_file
 from mitmlite.ca.trust import describe, instructions
@@ -149,6 +150,14 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
     help="DANGEROUS: do not verify upstream certificates.",
 )
 @click.option(
+    "--proxy-auth",
+    default=None,
+    envvar="MITMLITE_PROXY_AUTH",
+    show_envvar=True,
+    help="Require Basic proxy credentials: USER:PASSWORD, or @FILE in htpasswd format "
+    "(bcrypt -B or {SHA} entries).",
+)
+@click.option(
     "-q",
     "--quiet",
     is_flag=True,
@@ -221,15 +230,16 @@ def cli(ctx: click.Context, /, **options: Any) -> None:
         json_lines=options["log_format"] == "json",
     )
     hooks = load_hooks(config, log)
+    auth = parse_proxy_auth(options["proxy_auth"]) if options["proxy_auth"] else None
     har_path: Path | None = options["har_path"]
     if har_path is None:
-        env = build_env(config, cache, log, hooks, capture=log.capture)
+        env = build_env(config, cache, log, hooks, capture=log.capture, auth=auth)
         run(config, loaded, env)
         return
     har = HarSink(har_path, options["har_body_size"])
     har.write(har_path)  # fails now, with exit 2, if the file cannot be written
     capture = merged_capture(log.capture, har.capture)
-    env = build_env(config, cache, Fanout([log, har]), hooks, capture=capture)
+    env = build_env(config, cache, Fanout([log, har]), hooks, capture=capture, auth=auth)
     run(config, loaded, env, flush=lambda: har.flush_if_dirty(har_path))
 
 

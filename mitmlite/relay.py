@@ -23,6 +23,7 @@ import h11
 import trio
 
 from mitmlite import messages
+from mitmlite.auth import Credentials, challenge
 from mitmlite.ca.authority import RootCA
 from mitmlite.config import Config
 from mitmlite.errors import (
@@ -101,6 +102,7 @@ class RelayEnv:
     ca: RootCA | None = None  # serves the onboarding site at http://mitmlite.ca/ when set
     capture: Capture = field(default_factory=Capture)  # what sinks keep beyond the summary
     idle: IdleClients = field(default_factory=IdleClients)
+    auth: Credentials | None = None  # --proxy-auth: who may use the proxy
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +163,10 @@ class Relay:
                     request = await self._receive_request()
                     if request is None:
                         return None
+                auth = self.env.auth if self.fixed is None else None  # tunnels are authorised
+                if auth is not None and not await self._authorized(auth, request):
+                    await self._refuse_unauthorized(request)
+                    return None
                 if self.fixed is None and request.method == b"CONNECT":
                     return request
                 if not await self.cycle(request):
@@ -170,6 +176,36 @@ class Relay:
             with trio.CancelScope(shield=True):
                 for upstream in self.upstreams.values():
                     await upstream.stream.aclose()
+
+    async def _authorized(self, auth: Credentials, request: h11.Request) -> bool:
+        header = next((v for n, v in request.headers if n == b"proxy-authorization"), None)
+        if header is None:
+            return False
+        if auth.known(header) or not auth.slow:
+            return auth.check(header)
+        # bcrypt takes tens of milliseconds by design: off the event loop, once per credential.
+        return await trio.to_thread.run_sync(auth.check, header)
+
+    async def _refuse_unauthorized(self, request: h11.Request) -> None:
+        """407 with a Basic challenge (RFC 9110 §15.5.8), for CONNECT and plain requests alike."""
+        record = FlowRecord(
+            client=self.client_name,
+            method=request.method.decode("ascii", "replace"),
+            url=request.target.decode("ascii", "replace"),
+            started=time.monotonic(),
+            status=407,
+        )
+        given = any(n == b"proxy-authorization" for n, _ in request.headers)
+        record.error = "wrong proxy credentials" if given else "proxy authentication required"
+        headers, body = error_response(407, record.error)
+        head = h11.Response(status_code=407, headers=[*headers, challenge()],
+                            reason=reason_phrase(407))  # fmt: skip
+        try:
+            with trio.move_on_after(self.timeouts.handshake):
+                await self._send_client(head, h11.Data(data=body), h11.EndOfMessage())
+        except ClientError:
+            pass
+        self.env.sink.flow(record)
 
     async def _receive_request(self) -> h11.Request | None:
         """The next request, or None after answering a bad or slow one with its 4xx."""
@@ -788,7 +824,11 @@ class Relay:
 
     def _start_capture(self, record: FlowRecord, request: h11.Request) -> None:
         record.wall_started = time.time()
-        record.request_headers = list(request.headers.raw_items())  # replaced by what is sent
+        # Replaced by what is sent once the request goes upstream. Proxy credentials never
+        # reach a log or a HAR file, even for a flow that fails before that.
+        record.request_headers = [
+            (n, v) for n, v in request.headers.raw_items() if n.lower() != b"proxy-authorization"
+        ]
         if isinstance(self.client, trio.SSLStream):
             cipher = self.client.cipher()
             record.client_tls = (self.client.version(), cipher[0] if cipher else None)

@@ -15,6 +15,7 @@ from typing import TextIO
 
 import trio
 
+from mitmlite.auth import Credentials
 from mitmlite.ca.cache import LeafCache
 from mitmlite.ca.files import LoadedCA
 from mitmlite.config import Config
@@ -122,12 +123,15 @@ def build_env(
     hooks: HookRunner | None = None,
     *,
     capture: Capture | None = None,
+    auth: Credentials | None = None,
 ) -> ConnectionEnv:
     """The shared, per-process pieces: built once, passed down, never global."""
     tls = upstream_context(config.upstream_cas, insecure=config.insecure)
     timeouts = config.timeouts
     connector = TCPConnector(tls, timeouts.connect, timeouts.handshake)
-    relay = RelayEnv(config, connector, sink, hooks, ca=cache.root, capture=capture or Capture())
+    relay = RelayEnv(
+        config, connector, sink, hooks, ca=cache.root, capture=capture or Capture(), auth=auth
+    )
     return ConnectionEnv(relay=relay, leaves=cache)
 
 
