@@ -24,8 +24,16 @@ from mitmlite.auth import parse_proxy_auth
 from mitmlite.ca.cache import LeafCache, leaves_dir
 from mitmlite.ca.files import LoadedCA, default_home, init_ca, load_ca, load_or_init, write_file
 from mitmlite.ca.trust import describe, instructions
-from mitmlite.config import DEFAULT_LISTEN, Config, Limits, Timeouts, is_loopback, parse_listen
-from mitmlite.errors import MitmliteError
+from mitmlite.config import (
+    DEFAULT_LISTEN,
+    Config,
+    Limits,
+    Timeouts,
+    is_loopback,
+    parse_listen,
+    parse_mode,
+)
+from mitmlite.errors import ConfigError, MitmliteError
 from mitmlite.har import HarSink
 from mitmlite.hooks import HookRunner
 from mitmlite.log import Fanout, LineLog, merged_capture
@@ -150,6 +158,40 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
     help="DANGEROUS: do not verify upstream certificates.",
 )
 @click.option(
+    "--mode",
+    default="regular",
+    envvar="MITMLITE_MODE",
+    show_envvar=True,
+    help="regular (a forward proxy) or reverse:https://HOST[:PORT] (every request goes there).",
+)
+@click.option(
+    "--listen-tls",
+    is_flag=True,
+    envvar="MITMLITE_LISTEN_TLS",
+    show_envvar=True,
+    help="Clients reach the proxy over TLS (an https:// proxy URL), with a certificate from "
+    "the CA for the listen address, or --cert.",
+)
+@click.option(
+    "--cert",
+    "cert_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    envvar="MITMLITE_CERT",
+    show_envvar=True,
+    help="Certificate chain (PEM) clients see in reverse mode or on the TLS listener, instead "
+    "of one minted from the CA.",
+)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    envvar="MITMLITE_KEY",
+    show_envvar=True,
+    help="Private key (PEM) for --cert [default: in the --cert file].",
+)
+@click.option(
     "--proxy-auth",
     default=None,
     envvar="MITMLITE_PROXY_AUTH",
@@ -256,6 +298,14 @@ def load_hooks(config: Config, log: LineLog) -> HookRunner | None:
     return HookRunner(scripts, report)
 
 
+def cert_pair(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    if cert is None:
+        if key is not None:
+            raise ConfigError("--key needs --cert")
+        return None
+    return cert, key or cert
+
+
 def build_config(options: dict[str, Any]) -> Config:
     """Turn validated click values into the immutable Config."""
     host, port = parse_listen(options["listen"])
@@ -280,6 +330,9 @@ def build_config(options: dict[str, Any]) -> Config:
         insecure=options["insecure"],
         quiet=options["quiet"],
         scripts=tuple(options["scripts"]),
+        reverse=parse_mode(options["mode"]),
+        listen_tls=options["listen_tls"],
+        cert=cert_pair(options["cert_path"], options["key_path"]),
         timeouts=timeouts,
         limits=limits,
     )

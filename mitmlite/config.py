@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mitmlite.errors import ConfigError
 
@@ -54,6 +55,46 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class ReverseTarget:
+    """``--mode reverse:URL``: every request goes to this one origin."""
+
+    scheme: str  # "http" or "https"
+    host: str
+    port: int
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.tls else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def parse_mode(value: str) -> ReverseTarget | None:
+    """``regular`` (the forward proxy) or ``reverse:http[s]://host[:port]``."""
+    if value == "regular":
+        return None
+    kind, sep, url = value.partition(":")
+    if kind != "reverse" or not sep:
+        raise ConfigError(f"--mode {value!r}: expected 'regular' or 'reverse:https://host:port'")
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"--mode {value!r}: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--mode {value!r}: the target must be http://host or https://host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"--mode {value!r}: give only scheme://host[:port], no path")
+    return ReverseTarget(
+        parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything one proxy run needs to know, already validated."""
 
@@ -63,6 +104,9 @@ class Config:
     insecure: bool = False
     quiet: bool = False
     scripts: tuple[Path, ...] = ()
+    reverse: ReverseTarget | None = None  # --mode reverse:URL; None is the forward proxy
+    cert: tuple[Path, Path] | None = None  # --cert/--key: what clients see (reverse, TLS listener)
+    listen_tls: bool = False  # clients reach the proxy itself over TLS (an https:// proxy URL)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
 

@@ -139,8 +139,10 @@ class Relay:
         conn: h11.Connection,
         client_name: str,
         fixed: Destination | None,
+        host_header: bytes | None = None,
     ) -> None:
         self.env = env
+        self.host_header = host_header  # reverse mode: Host becomes the upstream's authority
         self.timeouts = env.config.timeouts
         self.read_size = env.config.limits.read_size
         self.client = client
@@ -399,6 +401,9 @@ class Relay:
                 split = urlsplit(path)
                 path = (split.path or b"/") + (b"?" + split.query if split.query else b"")
             record.url = self.fixed.origin + path.decode("ascii", "replace")
+            if self.host_header is not None:
+                headers = [(n, v) for n, v in headers if n.lower() != b"host"]
+                headers.insert(0, (b"Host", self.host_header))
             return self.fixed, path, headers
         target = classify_request(request.method, request.target)
         if isinstance(target, ConnectTarget):  # run() hands CONNECT back before we get here

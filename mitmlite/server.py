@@ -8,6 +8,7 @@ connection never touches another), signal handling for a clean stop, and the sta
 from __future__ import annotations
 
 import errno
+import functools
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -19,9 +20,10 @@ from mitmlite.auth import Credentials
 from mitmlite.ca.cache import LeafCache
 from mitmlite.ca.files import LoadedCA
 from mitmlite.config import Config
-from mitmlite.connection import ConnectionEnv, handle_client, peer_name
+from mitmlite.connection import ConnectionEnv, peer_name
 from mitmlite.flow import Capture, FlowSink
 from mitmlite.hooks import HookRunner
+from mitmlite.modes import Handler, handler_for
 from mitmlite.relay import RelayEnv
 from mitmlite.tls.contexts import upstream_context
 from mitmlite.upstream import TCPConnector
@@ -44,6 +46,7 @@ async def serve(
     env: ConnectionEnv,
     connections: trio.Nursery | None = None,
     *,
+    handler: Handler | None = None,
     task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen and serve until cancelled; reports the bound addresses through ``task_status``.
@@ -53,9 +56,11 @@ async def serve(
     """
     listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     limiter = trio.CapacityLimiter(config.limits.max_connections)
+    serve_one = handler or handler_for(config, env)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, limiter, env, connections or nursery)
+            target = connections or nursery
+            nursery.start_soon(_accept_loop, listener, limiter, env, serve_one, target)
         task_status.started([listener.socket.getsockname()[:2] for listener in listeners])
 
 
@@ -63,6 +68,7 @@ async def _accept_loop(
     listener: trio.SocketListener,
     limiter: trio.CapacityLimiter,
     env: ConnectionEnv,
+    handler: Handler,
     nursery: trio.Nursery,
 ) -> None:
     async with listener:
@@ -80,17 +86,19 @@ async def _accept_loop(
                 env.relay.sink.event("proxy", f"accept failed: {exc.strerror}; retrying")
                 await trio.sleep(_ACCEPT_BACKOFF)
                 continue
-            nursery.start_soon(
-                _isolated, env, stream, lambda t=token: limiter.release_on_behalf_of(t)
-            )
+            release = functools.partial(limiter.release_on_behalf_of, token)
+            nursery.start_soon(_isolated, env, handler, stream, release)
 
 
 async def _isolated(
-    env: ConnectionEnv, stream: trio.SocketStream, release: Callable[[], None]
+    env: ConnectionEnv,
+    handler: Handler,
+    stream: trio.SocketStream,
+    release: Callable[[], None],
 ) -> None:
     """Run one connection; whatever it raises stays here, logged in one line."""
     try:
-        await handle_client(env, stream)
+        await handler(stream)
     except Exception as exc:  # the one place a connection's failure is contained
         env.relay.sink.event(peer_name(stream), f"connection error: {type(exc).__name__}: {exc}")
     finally:
@@ -139,14 +147,28 @@ def banner(config: Config, loaded: LoadedCA, addresses: list[Address]) -> str:
     """What the user sees at start: where we listen, which CA, a line to paste."""
     bound = ", ".join(f"{host}:{port}" for host, port in addresses)
     url = config.listen_url
+    ca = loaded.cert_path
     lines = [
         f"mitmlite listening on {bound}",
-        f"CA: {loaded.cert_path} (SHA-256 {loaded.root.fingerprint_sha256[:23]}...)",
+        f"CA: {ca} (SHA-256 {loaded.root.fingerprint_sha256[:23]}...)",
         "Try it:",
-        f"  https_proxy={url} curl --cacert {loaded.cert_path} https://example.org/",
-        f"  http_proxy={url} curl http://example.org/",
-        "Trust the CA: open http://mitmlite.ca/ in a browser that uses the proxy",
     ]
+    if config.reverse is not None:
+        lines.insert(1, f"Reverse proxy for {config.reverse.scheme}://{config.reverse.authority}")
+        port = addresses[0][1] if addresses else config.listen_port
+        lines.append(f"  curl --cacert {ca} https://localhost:{port}/")
+    elif config.listen_tls:
+        tls_url = url.replace("http://", "https://", 1)
+        lines += [
+            f"  curl --proxy {tls_url} --proxy-cacert {ca} --cacert {ca} https://example.org/",
+            "Trust the CA: open http://mitmlite.ca/ in a browser that uses the proxy",
+        ]
+    else:
+        lines += [
+            f"  https_proxy={url} curl --cacert {ca} https://example.org/",
+            f"  http_proxy={url} curl http://example.org/",
+            "Trust the CA: open http://mitmlite.ca/ in a browser that uses the proxy",
+        ]
     if config.insecure:
         lines.insert(0, INSECURE_WARNING)
     return "\n".join(lines)
@@ -174,17 +196,23 @@ def run(
     """
     if config.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
-    trio.run(_main, config, loaded, env, out, flush)
+    handler = handler_for(config, env)  # a bad --cert fails here, before anything listens
+    trio.run(_main, config, loaded, env, out, flush, handler)
 
 
 async def _main(
-    config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO, flush: Flush | None
+    config: Config,
+    loaded: LoadedCA,
+    env: ConnectionEnv,
+    out: TextIO,
+    flush: Flush | None,
+    handler: Handler,
 ) -> None:
     hooks = env.relay.hooks
     if hooks is not None:
         await hooks.lifecycle("load")
     try:
-        await _serve_until_signal(config, loaded, env, out, flush)
+        await _serve_until_signal(config, loaded, env, out, flush, handler)
     finally:
         if hooks is not None:
             with trio.CancelScope(shield=True):
@@ -194,7 +222,12 @@ async def _main(
 
 
 async def _serve_until_signal(
-    config: Config, loaded: LoadedCA, env: ConnectionEnv, out: TextIO, flush: Flush | None
+    config: Config,
+    loaded: LoadedCA,
+    env: ConnectionEnv,
+    out: TextIO,
+    flush: Flush | None,
+    handler: Handler,
 ) -> None:
     def say(line: str) -> None:
         out.write(line + "\n")
@@ -205,7 +238,9 @@ async def _serve_until_signal(
         async with trio.open_nursery() as outer:
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
-                    addresses = await accepting.start(serve, config, env, connections)
+                    addresses = await accepting.start(
+                        functools.partial(serve, handler=handler), config, env, connections
+                    )
                     say(banner(config, loaded, addresses))
                     if flush is not None:
                         accepting.start_soon(_every, FLUSH_SECONDS, flush)

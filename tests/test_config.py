@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from mitmlite.config import Config, Limits, Timeouts, is_loopback, parse_listen
+from mitmlite.config import (
+    Config,
+    Limits,
+    ReverseTarget,
+    Timeouts,
+    is_loopback,
+    parse_listen,
+    parse_mode,
+)
 from mitmlite.errors import ConfigError
 
 
@@ -93,3 +101,32 @@ def test_is_loopback(host: str) -> None:
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.1", "example.com", "localhost.evil"])
 def test_is_not_loopback(host: str) -> None:
     assert not is_loopback(host)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("regular", None),
+        ("reverse:https://example.org", ReverseTarget("https", "example.org", 443)),
+        ("reverse:http://127.0.0.1:8080/", ReverseTarget("http", "127.0.0.1", 8080)),
+        ("reverse:https://[::1]:9443", ReverseTarget("https", "::1", 9443)),
+    ],
+)
+def test_parse_mode(value: str, expected: ReverseTarget | None) -> None:
+    assert parse_mode(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["transparent", "reverse", "reverse:", "reverse:ftp://x", "reverse:https://", "reverse:https://h:99999",
+     "reverse:https://h/p", "reverse:https://h?q=1"],
+)  # fmt: skip
+def test_parse_mode_refuses(value: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_mode(value)
+
+
+def test_reverse_target_authority() -> None:
+    assert ReverseTarget("https", "a.test", 443).authority == "a.test"
+    assert ReverseTarget("http", "a.test", 8080).authority == "a.test:8080"
+    assert ReverseTarget("https", "::1", 9443).authority == "[::1]:9443"

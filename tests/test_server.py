@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from pathlib import Path
 
-import pytest
 import trio
 
-import mitmlite.server
 from mitmlite.ca.cache import LeafCache
 from mitmlite.ca.files import init_ca
 from mitmlite.config import Config, Limits
@@ -45,23 +44,22 @@ async def test_serves_after_reporting_its_address(nursery: trio.Nursery, tmp_pat
 
 
 async def test_a_crashing_connection_is_logged_and_others_continue(
-    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     origin_port = await nursery.start(serve_origin_tcp, OriginState(), None)
-    real = handle_client
+    sink = Sink()
+    config = Config(listen_port=0)
+    env = make_env(tmp_path, sink, config)
     calls = 0
 
-    async def crash_first(env: ConnectionEnv, stream: trio.abc.Stream) -> None:
+    async def crash_first(stream: trio.SocketStream) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("boom in one connection")
-        await real(env, stream)
+        await handle_client(env, stream)
 
-    monkeypatch.setattr(mitmlite.server, "handle_client", crash_first)
-    sink = Sink()
-    config = Config(listen_port=0)
-    addresses = await nursery.start(serve, config, make_env(tmp_path, sink, config))
+    addresses = await nursery.start(functools.partial(serve, handler=crash_first), config, env)
     port = addresses[0][1]
     assert await proxy_get(port, b"http://127.0.0.1:%d/a" % origin_port) == b""
     assert (await proxy_get(port, b"http://127.0.0.1:%d/b" % origin_port)).endswith(b"origin /b")
