@@ -368,6 +368,25 @@ class Flow:
         self.killed = True
 
 
+@dataclass(eq=False)
+class ClientHelloData:
+    """A tunnel's ClientHello, as the ``tls_clienthello(data)`` hook sees it, before any answer.
+
+    Setting ``ignore_connection = True`` relays the tunnel byte for byte: mitmlite never answers
+    its handshake (mitmproxy's ``tls_clienthello`` contract).
+    """
+
+    client: str  # the client's address
+    host: str  # the CONNECT target
+    port: int
+    sni: str | None
+    alpn_protocols: tuple[str, ...]
+    ja3: str
+    ja4: str
+    details: dict[str, Any]  # versions, cipher suites, extensions, groups, signature algorithms
+    ignore_connection: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Capture:
     """How much of each flow the sinks want kept beyond the summary line.

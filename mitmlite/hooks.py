@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from mitmlite.flow import Flow
+from mitmlite.flow import ClientHelloData, Flow
 from mitmlite.scripts import LoadedScript, Scripts, describe, format_user_traceback
 
 FLOW_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error")
@@ -47,13 +47,16 @@ class HookRunner:
         """Pick up edited scripts; cheap (one ``stat`` per script file) when nothing changed."""
         self._scripts.reload_if_changed()
 
-    async def run(self, name: str, flow: Flow) -> None:
-        """Call every script's hook ``name`` with ``flow``, in script order."""
+    async def run(self, name: str, flow: Flow | ClientHelloData) -> None:
+        """Call every script's hook ``name`` with ``flow`` (or a ClientHello), in script order."""
         for script, hook in self._scripts.hooks(name):
             try:
                 await _call(hook, flow)
             except Exception as exc:
-                where = f"for {flow.request.method} {flow.request.url}"
+                if isinstance(flow, ClientHelloData):
+                    where = f"for the ClientHello to {flow.host}:{flow.port}"
+                else:
+                    where = f"for {flow.request.method} {flow.request.url}"
                 self._failed(name, script, where, exc)
 
     async def lifecycle(self, name: str) -> None:
@@ -70,7 +73,7 @@ class HookRunner:
         self._report(f"error in hook {name} of {script.name} {where}: {reason}\n{details}")
 
 
-async def _call(hook: Callable[..., Any], *args: Flow) -> None:
+async def _call(hook: Callable[..., Any], *args: Flow | ClientHelloData) -> None:
     result = hook(*args)
     if inspect.isawaitable(result):
         await result

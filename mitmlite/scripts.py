@@ -30,6 +30,7 @@ HOOK_NAMES: tuple[str, ...] = (
     "responseheaders",
     "response",
     "error",
+    "tls_clienthello",
     "load",
     "done",
 )
