@@ -7,10 +7,11 @@ trio, no sockets, no files read.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from mitmlite.errors import ConfigError
 
@@ -95,6 +96,46 @@ def parse_mode(value: str) -> ReverseTarget | None:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamProxy:
+    """``--upstream-proxy``: the proxy every upstream connection goes through."""
+
+    scheme: str  # "http", or "https" for TLS to the proxy itself
+    host: str
+    port: int
+    authorization: bytes | None = field(default=None, repr=False)  # never in a repr or log
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_upstream_proxy(value: str) -> UpstreamProxy:
+    """``http://[user:pass@]host:port`` or ``https://...``; credentials become a Basic header."""
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"--upstream-proxy: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("--upstream-proxy must be http://[user:pass@]host:port or https://...")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError("--upstream-proxy takes no path: give scheme://host:port")
+    authorization = None
+    if parts.username is not None:
+        user = unquote(parts.username)
+        password = unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        authorization = f"Basic {token}".encode("ascii")
+    default = 443 if parts.scheme == "https" else 8080
+    return UpstreamProxy(parts.scheme, parts.hostname, port or default, authorization)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything one proxy run needs to know, already validated."""
 
@@ -107,6 +148,7 @@ class Config:
     reverse: ReverseTarget | None = None  # --mode reverse:URL; None is the forward proxy
     cert: tuple[Path, Path] | None = None  # --cert/--key: what clients see (reverse, TLS listener)
     listen_tls: bool = False  # clients reach the proxy itself over TLS (an https:// proxy URL)
+    upstream_proxy: UpstreamProxy | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from mitmlite.config import (
     is_loopback,
     parse_listen,
     parse_mode,
+    parse_upstream_proxy,
 )
 from mitmlite.errors import ConfigError
 
@@ -130,3 +132,23 @@ def test_reverse_target_authority() -> None:
     assert ReverseTarget("https", "a.test", 443).authority == "a.test"
     assert ReverseTarget("http", "a.test", 8080).authority == "a.test:8080"
     assert ReverseTarget("https", "::1", 9443).authority == "[::1]:9443"
+
+
+def test_parse_upstream_proxy() -> None:
+    plain = parse_upstream_proxy("http://127.0.0.1:3128")
+    assert (plain.scheme, plain.host, plain.port, plain.tls) == ("http", "127.0.0.1", 3128, False)
+    assert plain.authorization is None
+    secure = parse_upstream_proxy("https://us%40er:p%3Ass@proxy.test")
+    assert (secure.port, secure.tls, secure.address) == (443, True, "proxy.test:443")
+    assert secure.authorization == b"Basic " + base64.b64encode(b"us@er:p:ss")
+    assert "p:ss" not in repr(secure)
+    assert "cHNz" not in repr(secure)
+    assert parse_upstream_proxy("http://[::1]:8080").address == "[::1]:8080"
+
+
+@pytest.mark.parametrize(
+    "value", ["socks5://h:1", "h:1", "http://", "http://h:99999", "http://h:1/path"]
+)
+def test_parse_upstream_proxy_refuses(value: str) -> None:
+    with pytest.raises(ConfigError, match="--upstream-proxy"):
+        parse_upstream_proxy(value)
