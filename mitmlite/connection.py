@@ -3,11 +3,14 @@
 Owns reading the first request (absolute-form requests go straight to the relay), answering
 ``CONNECT``, peeking at the client's first bytes inside the tunnel (a ClientHello is parsed before
 any handshake; plain HTTP is relayed as HTTP; anything else is piped raw), and taking the client's
-TLS handshake with the leaf for its SNI. Connection-level failures are logged here in one line.
+TLS handshake with the leaf for its SNI, with the upstream connection opened alongside it (unless
+scripts or the onboarding site may keep the request from ever going there). Connection-level
+failures are logged here in one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from dataclasses import dataclass
 from typing import cast
@@ -18,6 +21,7 @@ import trio
 from mitmlite.ca.cache import LeafCache
 from mitmlite.errors import ClientError, MitmliteError
 from mitmlite.http1 import ConnectTarget, classify_request, error_response, reason_phrase
+from mitmlite.onboarding import is_onboarding_host
 from mitmlite.relay import Relay, RelayEnv
 from mitmlite.streams import PrefixedStream, pipe
 from mitmlite.tls.clienthello import (
@@ -26,7 +30,7 @@ from mitmlite.tls.clienthello import (
     looks_like_tls,
     parse_client_hello,
 )
-from mitmlite.upstream import Destination
+from mitmlite.upstream import Destination, Preconnect
 
 # TLS alerts a client sends when it rejects our certificate (RFC 8446 §6.2): a pinned app, or a
 # client that was never told to trust the mitmlite CA.
@@ -58,10 +62,21 @@ def peer_name(stream: trio.abc.Stream) -> str:
 async def handle_client(env: ConnectionEnv, stream: trio.abc.Stream) -> None:
     """Serve one client connection to its end."""
     name = peer_name(stream)
+    # Only the CONNECT's target and early bytes outlive this call: a tunnel can sit idle for
+    # minutes, and its memory is what the proxy pays per idle connection (issue 3).
+    accepted = await _serve_until_connect(env, stream, name)
+    if accepted is not None:
+        await _tunnel(env, stream, name, *accepted)
+
+
+async def _serve_until_connect(
+    env: ConnectionEnv, stream: trio.abc.Stream, name: str
+) -> tuple[ConnectTarget, bytes] | None:
     conn = new_server_conn(env)
     request = await Relay(env.relay, stream, conn, name, fixed=None).run()
-    if request is not None:
-        await _connect(env, stream, conn, name, request)
+    if request is None:
+        return None
+    return await _connect(env, stream, conn, name, request)
 
 
 def new_server_conn(env: ConnectionEnv) -> h11.Connection:
@@ -72,7 +87,8 @@ def new_server_conn(env: ConnectionEnv) -> h11.Connection:
 
 async def _connect(
     env: ConnectionEnv, stream: trio.abc.Stream, conn: h11.Connection, name: str, req: h11.Request
-) -> None:
+) -> tuple[ConnectTarget, bytes] | None:
+    """Answer a CONNECT: 200 and its target with any bytes sent after it, or a refusal."""
     try:
         target = classify_request(b"CONNECT", req.target)
         if not isinstance(target, ConnectTarget):
@@ -82,13 +98,12 @@ async def _connect(
             name, f"CONNECT {req.target.decode('ascii', 'replace')} -> error: {exc}"
         )
         await _refuse(conn, stream, exc)
-        return
+        return None
     while isinstance(conn.next_event(), h11.Data | h11.EndOfMessage):
         pass  # drain the CONNECT's (empty) body so h11 sees the request complete
     reply = h11.Response(status_code=200, reason=b"Connection established", headers=[])
     await stream.send_all(conn.send(reply) or b"")
-    early = conn.trailing_data[0]
-    await _tunnel(env, stream, name, target, early)
+    return target, conn.trailing_data[0]
 
 
 async def _refuse(conn: h11.Connection, stream: trio.abc.Stream, exc: MitmliteError) -> None:
@@ -113,8 +128,12 @@ async def _tunnel(
                 return  # the client closed the tunnel without sending anything
     if looks_like_tls(first):
         hello, first = await _read_client_hello(env, stream, first, name, target)
-        if hello is not None:
-            await _intercept(env, PrefixedStream(stream, first), name, target, hello)
+        if hello is None:
+            return
+        server_name = hello.sni or target.host
+        replay = PrefixedStream(stream, first)
+        del hello, first  # the parsed and raw ClientHello would live as long as the tunnel
+        await _intercept(env, replay, name, target, server_name)
     elif _looks_like_http(first):
         dest = Destination(target.host, target.port, tls=False)
         conn = new_server_conn(env)
@@ -150,9 +169,8 @@ async def _intercept(
     stream: trio.abc.Stream,
     name: str,
     target: ConnectTarget,
-    hello: ClientHello,
+    server_name: str,
 ) -> None:
-    server_name = hello.sni or target.host
     try:
         context = env.leaves.context_for(server_name)
     except MitmliteError as exc:
@@ -162,11 +180,52 @@ async def _intercept(
     # complete close-delimited response from a truncated one. The relay treats a client's EOF
     # without close_notify (which then raises BrokenResourceError) as an ordinary close.
     tls = trio.SSLStream(stream, context, server_side=True)
-    if not await _client_handshake(env, tls, name, server_name):
-        return
     dest = Destination(target.host, target.port, tls=True, server_name=server_name)
+    if not _may_preconnect(env, dest):
+        await _serve_intercepted(env, tls, name, dest, env.relay)
+        return
+    # The upstream is opened while the client's handshake runs: both cost round trips and
+    # handshakes, and nothing about the upstream connection depends on the client's.
+    early = Preconnect(env.relay.connect, dest, env.relay.config.timeouts.idle)
+    relay_env = dataclasses.replace(env.relay, connect=early)
+    failure: Exception | None = None
     try:
-        await Relay(env.relay, tls, new_server_conn(env), name, fixed=dest).run()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(early.run)
+            try:
+                await _serve_intercepted(env, tls, name, dest, relay_env)
+            except Exception as exc:  # raised below, outside the nursery, so not in a group
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await early.aclose()
+    if failure is not None:
+        raise failure
+
+
+def _may_preconnect(env: ConnectionEnv, dest: Destination) -> bool:
+    """False when a request might never go to ``dest``, which must then not be contacted.
+
+    Scripts can block a host, send a request elsewhere or answer it themselves (and can gain
+    such hooks when edited), and the onboarding host is served by the proxy, never forwarded.
+    """
+    if env.relay.hooks is not None:
+        return False
+    return env.relay.ca is None or not is_onboarding_host(dest.host)
+
+
+async def _serve_intercepted(
+    env: ConnectionEnv,
+    tls: trio.SSLStream[trio.abc.Stream],
+    name: str,
+    dest: Destination,
+    relay_env: RelayEnv,
+) -> None:
+    if not await _client_handshake(env, tls, name, dest.server_name or dest.host):
+        return
+    try:
+        await Relay(relay_env, tls, new_server_conn(env), name, fixed=dest).run()
     finally:
         with trio.move_on_after(_CLOSE_NOTIFY_SECONDS, shield=True):
             await tls.aclose()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
-from mitmlite.streams import PrefixedStream, pipe
+from mitmlite.streams import PrefixedStream, pipe, receive_batch
 
 # --- PrefixedStream -------------------------------------------------------------------------------
 
@@ -315,11 +317,6 @@ async def test_pipe_without_half_close_drops_the_other_direction(
         pytest.fail(f"pipe kept copying after it ended: {data!r}")
 
 
-@pytest.mark.xfail(
-    reason="bug: pipe() checks isinstance(dst, HalfCloseableStream); PrefixedStream has send_eof "
-    "but is not one, so a tunnel's half-close ends the whole pipe",
-    strict=True,
-)
 async def test_pipe_propagates_half_close_through_prefixed_stream(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -393,3 +390,108 @@ async def test_traffic_pushes_the_idle_deadline(
     assert run.ended_at is not None
     assert run.ended_at - start == pytest.approx(idle * 5)  # idle seconds after the last byte
     assert run.result == (4, 4)
+
+
+async def test_pipe_through_prefixed_stream_over_tls_like_stream_ends_at_eof(
+    nursery: trio.Nursery,
+) -> None:
+    # Twin: under the prefix sits a stream that cannot half-close (TLS), so an EOF from the
+    # upstream ends the whole pipe, as it does without the prefix.
+    client, client_near = trio.testing.memory_stream_pair()
+    upstream_near, upstream = trio.testing.memory_stream_pair()
+    run = start_pipe(nursery, PrefixedStream(WholeStream(client_near), b""), upstream_near)
+    await upstream.send_all(b"bye")
+    await upstream.send_eof()
+    with trio.fail_after(5):
+        await run.done.wait()
+        assert await receive_exactly(client, 3) == b"bye"
+    assert run.result == (0, 3)
+
+
+# --- receive_batch --------------------------------------------------------------------------------
+
+
+@dataclass
+class TLSPair:
+    client: trio.SSLStream[trio.abc.Stream]
+    server: trio.SSLStream[trio.abc.Stream]
+    server_wire: trio.abc.Stream  # what the client's SSLStream writes arrives here, raw
+
+
+@pytest.fixture(scope="module")
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+async def tls_pair(ca: trustme.CA) -> TLSPair:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("origin.test").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client_raw, server_raw = trio.testing.memory_stream_pair()
+    client: trio.SSLStream[trio.abc.Stream]
+    server: trio.SSLStream[trio.abc.Stream]
+    client = trio.SSLStream(client_raw, client_ctx, server_hostname="origin.test")
+    server = trio.SSLStream(server_raw, server_ctx, server_side=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+    return TLSPair(client, server, server_raw)
+
+
+async def test_receive_batch_takes_every_record_already_received(tls_ca: trustme.CA) -> None:
+    pair = await tls_pair(tls_ca)
+    for part in (b"a" * 20_000, b"b" * 20_000):  # two sends, two or more 16 KiB records
+        await pair.server.send_all(part)
+    with trio.fail_after(5):
+        data = await receive_batch(pair.client, 1 << 20)
+        while len(data) < 40_000:
+            data += await receive_batch(pair.client, 1 << 20)
+    assert data == b"a" * 20_000 + b"b" * 20_000
+
+
+async def test_receive_batch_upstream_side_lets_openssl_free_its_write_buffer(
+    tls_ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pair = await tls_pair(tls_ca)
+    writes: list[tuple[bool, bytes]] = []
+    real_write = ssl.SSLObject.write
+
+    def recording_write(self: ssl.SSLObject, data: bytes) -> int:
+        writes.append((self.server_side, bytes(data)))
+        return real_write(self, data)
+
+    monkeypatch.setattr(ssl.SSLObject, "write", recording_write)
+    await pair.server.send_all(b"response")  # goes out after the server's session tickets
+    with trio.fail_after(5):
+        assert await receive_batch(pair.client, 65536) == b"response"
+    assert (False, b"") in writes  # the empty write that frees the buffer
+    with trio.move_on_after(0.2):  # it put nothing on the wire
+        data = await pair.server_wire.receive_some()
+        pytest.fail(f"the empty write sent {data!r}")
+    # And the connection goes on both ways.
+    await pair.client.send_all(b"next request")
+    with trio.fail_after(5):
+        assert await receive_batch(pair.server, 65536) == b"next request"
+        await pair.server.send_all(b"next response")
+        assert await receive_batch(pair.client, 65536) == b"next response"
+
+
+async def test_receive_batch_client_facing_side_does_not_write(
+    tls_ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Twin: a server-side stream writes its response next anyway, which frees the buffer.
+    pair = await tls_pair(tls_ca)
+    writes: list[bytes] = []
+    real_write = ssl.SSLObject.write
+
+    def recording_write(self: ssl.SSLObject, data: bytes) -> int:
+        writes.append(bytes(data))
+        return real_write(self, data)
+
+    monkeypatch.setattr(ssl.SSLObject, "write", recording_write)
+    await pair.client.send_all(b"request")
+    writes.clear()
+    with trio.fail_after(5):
+        assert await receive_batch(pair.server, 65536) == b"request"
+    assert writes == []

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import re
 import ssl
+import warnings
 from pathlib import Path
 
 import h11
@@ -26,6 +28,7 @@ from mitmlite.errors import (
 from mitmlite.tls.contexts import upstream_context
 from mitmlite.upstream import (
     Destination,
+    SessionCache,
     TCPConnector,
     Upstream,
     open_tcp,
@@ -179,10 +182,26 @@ async def test_open_tcp_timeout_is_a_504(
     monkeypatch.setattr("mitmlite.upstream.trio.open_tcp_stream", hang)
     start = trio.current_time()
     with pytest.raises(UpstreamTimeoutError) as info:
-        await open_tcp("slow.localhost", 8080, 3)
-    assert str(info.value) == "connecting to slow.localhost:8080 timed out after 3 s"
+        await open_tcp("slow.test", 8080, 3)
+    assert str(info.value) == "connecting to slow.test:8080 timed out after 3 s"
     assert info.value.status == 504
     assert trio.current_time() - start == pytest.approx(3)
+    assert asked == [("slow.test", 8080)]
+
+
+async def test_open_tcp_timeout_connecting_to_an_address_is_a_504(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    # .localhost names resolve to an address, which is connected to directly.
+    asked: list[tuple[str, int]] = []
+
+    async def hang(address: str, port: int) -> trio.SocketStream:
+        asked.append((address, port))
+        await trio.sleep_forever()
+
+    monkeypatch.setattr("mitmlite.upstream._connect_address", hang)
+    with pytest.raises(UpstreamTimeoutError, match=r"^connecting to slow\.localhost:8080 timed"):
+        await open_tcp("slow.localhost", 8080, 3)
     assert asked == [("127.0.0.1", 8080)]
 
 
@@ -198,9 +217,42 @@ async def test_open_tcp_fast_enough_is_no_timeout(
         return trio.SocketStream(a)
 
     monkeypatch.setattr("mitmlite.upstream.trio.open_tcp_stream", slow)
-    stream = await open_tcp("slow.localhost", 8080, 3)
+    stream = await open_tcp("slow.test", 8080, 3)
     assert stream.socket is a
     await stream.aclose()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+async def test_open_tcp_connects_to_an_address_directly(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unused(*args: object, **kwargs: object) -> trio.SocketStream:
+        raise AssertionError("an address needs no happy eyeballs")
+
+    monkeypatch.setattr("mitmlite.upstream.trio.open_tcp_stream", unused)
+    family = "::1" if ":" in host else "127.0.0.1"
+    try:
+        listeners = await trio.open_tcp_listeners(0, host=family)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(5):
+        stream = await open_tcp(host, port, 5)
+        server = await listeners[0].accept()
+    await stream.send_all(b"hi")
+    assert await server.receive_some() == b"hi"
+    for closing in (stream, server, listeners[0]):
+        await closing.aclose()
+
+
+async def test_open_tcp_refused_address_leaves_no_socket_open() -> None:
+    port = await closed_port()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(UpstreamError, match=f"^cannot connect to 127.0.0.1:{port}: "):
+            await open_tcp("127.0.0.1", port, 5)
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 # --- start_tls ------------------------------------------------------------------------------------
@@ -544,3 +596,115 @@ async def test_connector_refused(verifying_context: ssl.SSLContext) -> None:
         UpstreamError, match=f"^cannot connect to 127.0.0.1:{port}: Connection refused$"
     ):
         await connector(Destination("127.0.0.1", port, tls=True, server_name="good.test"))
+
+
+# --- TLS session resumption -----------------------------------------------------------------------
+
+
+async def serve_tls_forever(
+    ctx: ssl.SSLContext, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Every connection: handshake, send ``hi`` (after the TLS 1.3 tickets), wait for the close."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await serve_tls(stream, ctx, b"hi")
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.receive_some()
+        await trio.aclose_forcefully(stream)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handler, listeners)
+
+
+def resuming_server(ca: trustme.CA, version: ssl.TLSVersion, *names: str) -> ssl.SSLContext:
+    ctx = server_context(ca.issue_cert(*names))
+    ctx.maximum_version = version
+    return ctx
+
+
+async def use(connector: TCPConnector, port: int, name: str, *, read: bool = True) -> bool:
+    """Connect as ``name``; True when the handshake resumed a session."""
+    with trio.fail_after(10):
+        up = await connector(Destination("127.0.0.1", port, tls=True, server_name=name))
+        assert isinstance(up.stream, trio.SSLStream)
+        reused: bool = up.stream.session_reused
+        if read:  # what the relay does with every response; it takes in TLS 1.3 tickets too
+            assert await up.stream.receive_some() == b"hi"
+        await up.stream.aclose()
+    return reused
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+async def test_connector_resumes_the_session_of_the_same_name(
+    nursery: trio.Nursery,
+    ca: trustme.CA,
+    verifying_context: ssl.SSLContext,
+    version: ssl.TLSVersion,
+) -> None:
+    port = await nursery.start(serve_tls_forever, resuming_server(ca, version, "good.test"))
+    connector = TCPConnector(verifying_context, connect_timeout=5, handshake_timeout=5)
+    assert [await use(connector, port, "good.test") for _ in range(3)] == [False, True, True]
+
+
+async def test_a_session_is_never_offered_to_another_name(
+    nursery: trio.Nursery, ca: trustme.CA, verifying_context: ssl.SSLContext
+) -> None:
+    # Resuming skips the certificate and its verification: were the good.test session offered
+    # for other.test, this connection would succeed without other.test ever being checked.
+    server = resuming_server(ca, ssl.TLSVersion.TLSv1_3, "good.test")
+    port = await nursery.start(serve_tls_forever, server)
+    connector = TCPConnector(verifying_context, connect_timeout=5, handshake_timeout=5)
+    assert await use(connector, port, "good.test") is False
+    assert await use(connector, port, "good.test") is True
+    with pytest.raises(UpstreamCertificateError, match=r"hostname mismatch.*'other\.test'"):
+        await use(connector, port, "other.test")
+
+
+async def test_a_name_valid_for_the_same_certificate_still_gets_its_own_handshake(
+    nursery: trio.Nursery, ca: trustme.CA, verifying_context: ssl.SSLContext
+) -> None:
+    server = resuming_server(ca, ssl.TLSVersion.TLSv1_3, "a.test", "b.test")
+    port = await nursery.start(serve_tls_forever, server)
+    connector = TCPConnector(verifying_context, connect_timeout=5, handshake_timeout=5)
+    assert await use(connector, port, "a.test") is False
+    assert await use(connector, port, "b.test") is False
+    assert await use(connector, port, "a.test") is True
+    assert await use(connector, port, "b.test") is True
+
+
+async def test_a_session_without_its_ticket_yet_is_not_offered(
+    nursery: trio.Nursery, ca: trustme.CA, verifying_context: ssl.SSLContext
+) -> None:
+    # TLS 1.3 tickets come after the handshake; a connection that read nothing has none yet.
+    server = resuming_server(ca, ssl.TLSVersion.TLSv1_3, "good.test")
+    port = await nursery.start(serve_tls_forever, server)
+    connector = TCPConnector(verifying_context, connect_timeout=5, handshake_timeout=5)
+    assert await use(connector, port, "good.test", read=False) is False
+    assert await use(connector, port, "good.test") is False
+    assert await use(connector, port, "good.test") is True
+
+
+async def test_session_cache_forgets_the_least_recently_used_name(
+    nursery: trio.Nursery, ca: trustme.CA, verifying_context: ssl.SSLContext
+) -> None:
+    server = resuming_server(ca, ssl.TLSVersion.TLSv1_3, "a.test", "b.test", "c.test")
+    port = await nursery.start(serve_tls_forever, server)
+    connector = TCPConnector(verifying_context, 5, 5, sessions=SessionCache(limit=2))
+    for name in ("a.test", "b.test", "c.test"):
+        assert await use(connector, port, name) is False
+    assert await use(connector, port, "c.test") is True
+    assert await use(connector, port, "a.test") is False  # evicted by c.test
+
+
+async def test_a_failed_verification_leaves_no_session(
+    nursery: trio.Nursery, ca: trustme.CA, verifying_context: ssl.SSLContext
+) -> None:
+    port = await nursery.start(
+        serve_tls_forever, resuming_server(ca, ssl.TLSVersion.TLSv1_3, "good.test")
+    )
+    connector = TCPConnector(verifying_context, connect_timeout=5, handshake_timeout=5)
+    for _ in range(2):
+        with pytest.raises(UpstreamCertificateError, match="hostname mismatch"):
+            await use(connector, port, "other.test")
+    assert connector.sessions.get(("127.0.0.1", port, "other.test")) is None
