@@ -531,8 +531,10 @@ class Relay:
         received = 0
         keep = self._capture is not None
         while True:
-            with _deadline(self.timeouts.read, "upstream", "response body"):
-                event = await self._next_upstream_event(upstream)
+            event = self._buffered_upstream_event(upstream)
+            if event is None:  # only a wait needs a deadline; a small body is read with its head
+                with _deadline(self.timeouts.read, "upstream", "response body"):
+                    event = await self._next_upstream_event(upstream)
             if isinstance(event, h11.Data):
                 received += len(event.data)
                 if keep:
@@ -552,23 +554,27 @@ class Relay:
             return received
 
     async def _next_upstream_event(self, upstream: Upstream) -> h11.Event:
-        conn = upstream.conn
-        while True:
+        while (event := self._buffered_upstream_event(upstream)) is None:
+            await self._flush_client()  # what we hold goes out before we wait for more
             try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise UpstreamError(f"malformed response from upstream: {exc}") from exc
-            if event is h11.NEED_DATA:
-                await self._flush_client()  # what we hold goes out before we wait for more
-                try:
-                    data = await receive_batch(upstream.stream, self.read_size)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise UpstreamError("upstream connection broke") from exc
-                conn.receive_data(cast(bytes, data))
-                continue
-            if event is h11.PAUSED:  # h11 pauses only after a switch we did not ask for
-                raise UpstreamError("upstream switched protocols without being asked")
-            return cast(h11.Event, event)
+                data = await receive_batch(upstream.stream, self.read_size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise UpstreamError("upstream connection broke") from exc
+            upstream.conn.receive_data(cast(bytes, data))
+        return event
+
+    @staticmethod
+    def _buffered_upstream_event(upstream: Upstream) -> h11.Event | None:
+        """The next event from bytes already received; None when h11 needs more."""
+        try:
+            event = upstream.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamError(f"malformed response from upstream: {exc}") from exc
+        if event is h11.NEED_DATA:
+            return None
+        if event is h11.PAUSED:  # h11 pauses only after a switch we did not ask for
+            raise UpstreamError("upstream switched protocols without being asked")
+        return cast(h11.Event, event)
 
     async def _finish_upstream(self, upstream: Upstream) -> None:
         conn = upstream.conn
