@@ -33,10 +33,12 @@ from mitmlite.config import (
     parse_listen,
     parse_mode,
 )
+from mitmlite.connection import TunnelPolicy
 from mitmlite.errors import ConfigError, MitmliteError
 from mitmlite.har import HarSink
 from mitmlite.hooks import HookRunner
-from mitmlite.log import Fanout, LineLog, merged_capture
+from mitmlite.log import Fanout, JsonLinesFile, LineLog, merged_capture
+from mitmlite.passthrough import LearnedHosts, compile_rules
 from mitmlite.scripts import Scripts
 from mitmlite.server import build_env, run
 
@@ -192,6 +194,37 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
     help="Private key (PEM) for --cert [default: in the --cert file].",
 )
 @click.option(
+    "--ignore-hosts",
+    multiple=True,
+    envvar="MITMLITE_IGNORE_HOSTS",
+    show_envvar=True,
+    help="Regex on host:port (CONNECT target or SNI): such tunnels pass through untouched; "
+    "repeatable.",
+)
+@click.option(
+    "--allow-hosts",
+    multiple=True,
+    envvar="MITMLITE_ALLOW_HOSTS",
+    show_envvar=True,
+    help="Regex on host:port: intercept only these tunnels, pass the rest through; repeatable.",
+)
+@click.option(
+    "--auto-passthrough",
+    is_flag=True,
+    envvar="MITMLITE_AUTO_PASSTHROUGH",
+    show_envvar=True,
+    help="A host whose client refuses our certificate (pinning) is tunnelled untouched from "
+    "its next connection on.",
+)
+@click.option(
+    "--clienthello-log",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    envvar="MITMLITE_CLIENTHELLO_LOG",
+    show_envvar=True,
+    help="Append each tunnel's parsed ClientHello (with JA3/JA4) to this file as JSON lines.",
+)
+@click.option(
     "--proxy-auth",
     default=None,
     envvar="MITMLITE_PROXY_AUTH",
@@ -273,15 +306,17 @@ def cli(ctx: click.Context, /, **options: Any) -> None:
     )
     hooks = load_hooks(config, log)
     auth = parse_proxy_auth(options["proxy_auth"]) if options["proxy_auth"] else None
+    policy = tunnel_policy(options)
     har_path: Path | None = options["har_path"]
     if har_path is None:
-        env = build_env(config, cache, log, hooks, capture=log.capture, auth=auth)
+        env = build_env(config, cache, log, hooks, capture=log.capture, auth=auth, policy=policy)
         run(config, loaded, env)
         return
     har = HarSink(har_path, options["har_body_size"])
     har.write(har_path)  # fails now, with exit 2, if the file cannot be written
     capture = merged_capture(log.capture, har.capture)
-    env = build_env(config, cache, Fanout([log, har]), hooks, capture=capture, auth=auth)
+    sinks = Fanout([log, har])
+    env = build_env(config, cache, sinks, hooks, capture=capture, auth=auth, policy=policy)
     run(config, loaded, env, flush=lambda: har.flush_if_dirty(har_path))
 
 
@@ -296,6 +331,17 @@ def load_hooks(config: Config, log: LineLog) -> HookRunner | None:
     scripts = Scripts(config.scripts, report)
     scripts.load()
     return HookRunner(scripts, report)
+
+
+def tunnel_policy(options: dict[str, Any]) -> TunnelPolicy:
+    """Passthrough rules and ClientHello reporting, from the options."""
+    path: Path | None = options["clienthello_log"]
+    return TunnelPolicy(
+        rules=compile_rules(options["ignore_hosts"], options["allow_hosts"]),
+        learned=LearnedHosts() if options["auto_passthrough"] else None,
+        hello_log=JsonLinesFile(path) if path is not None else None,
+        show_hellos=options["verbose"] >= 1,
+    )
 
 
 def cert_pair(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:

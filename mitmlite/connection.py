@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 import h11
 import trio
 
 from mitmlite.ca.cache import LeafCache
 from mitmlite.errors import ClientError, MitmliteError
+from mitmlite.flow import ClientHelloData
 from mitmlite.http1 import ConnectTarget, classify_request, error_response, reason_phrase
 from mitmlite.onboarding import is_onboarding_host
+from mitmlite.passthrough import HostRules, LearnedHosts
 from mitmlite.relay import Relay, RelayEnv
 from mitmlite.streams import PrefixedStream, pipe
 from mitmlite.tls.clienthello import (
@@ -30,6 +32,7 @@ from mitmlite.tls.clienthello import (
     looks_like_tls,
     parse_client_hello,
 )
+from mitmlite.tls.fingerprints import describe
 from mitmlite.upstream import Destination, Preconnect
 
 # TLS alerts a client sends when it rejects our certificate (RFC 8446 §6.2): a pinned app, or a
@@ -40,12 +43,29 @@ _CLOSE_NOTIFY_SECONDS = 2.0
 _REFUSAL_SECONDS = 5.0
 
 
+class HelloSink(Protocol):
+    """Where parsed ClientHellos go for ``--clienthello-log`` (one JSON object per line)."""
+
+    def write(self, data: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelPolicy:
+    """What to do with a CONNECT tunnel once its ClientHello is read."""
+
+    rules: HostRules = field(default_factory=HostRules)  # --ignore-hosts / --allow-hosts
+    learned: LearnedHosts | None = None  # --auto-passthrough: hosts whose clients pin
+    hello_log: HelloSink | None = None  # --clienthello-log
+    show_hellos: bool = False  # -v: one line per ClientHello with its fingerprints
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionEnv:
-    """What every client connection needs: the relay's environment and the leaf cache."""
+    """What every client connection needs: the relay's environment, leaves, tunnel policy."""
 
     relay: RelayEnv
     leaves: LeafCache
+    policy: TunnelPolicy = field(default_factory=TunnelPolicy)
 
 
 def peer_name(stream: trio.abc.Stream) -> str:
@@ -59,9 +79,11 @@ def peer_name(stream: trio.abc.Stream) -> str:
     return "memory"
 
 
-async def handle_client(env: ConnectionEnv, stream: trio.abc.Stream) -> None:
-    """Serve one client connection to its end."""
-    name = peer_name(stream)
+async def handle_client(
+    env: ConnectionEnv, stream: trio.abc.Stream, name: str | None = None
+) -> None:
+    """Serve one client connection to its end (``name``: its address, when not a socket)."""
+    name = name or peer_name(stream)
     # Only the CONNECT's target and early bytes outlive this call: a tunnel can sit idle for
     # minutes, and its memory is what the proxy pays per idle connection (issue 3).
     accepted = await _serve_until_connect(env, stream, name)
@@ -131,8 +153,12 @@ async def _tunnel(
         if hello is None:
             return
         server_name = hello.sni or target.host
+        why = await _passthrough_reason(env, name, target, hello)
         replay = PrefixedStream(stream, first)
         del hello, first  # the parsed and raw ClientHello would live as long as the tunnel
+        if why is not None:
+            await _raw_tunnel(env, replay, name, target, f"passthrough ({why})")
+            return
         await _intercept(env, replay, name, target, server_name)
     elif _looks_like_http(first):
         dest = Destination(target.host, target.port, tls=False)
@@ -241,19 +267,71 @@ async def _client_handshake(
         env.relay.sink.event(name, f"{server_name} error: client TLS handshake timed out")
         return False
     except trio.BrokenResourceError as exc:
-        env.relay.sink.event(name, f"{server_name} error: {_handshake_reason(exc, server_name)}")
+        reason, distrust = _handshake_reason(exc, server_name)
+        learned = env.policy.learned
+        if distrust and learned is not None and learned.add(server_name):
+            reason += "; tunnelled untouched from its next connection on (--auto-passthrough)"
+        env.relay.sink.event(name, f"{server_name} error: {reason}")
         return False
     return True
 
 
-def _handshake_reason(exc: trio.BrokenResourceError, server_name: str) -> str:
+def _handshake_reason(exc: trio.BrokenResourceError, server_name: str) -> tuple[str, bool]:
+    """The one-line reason, and whether the client refused our certificate."""
     cause = exc.__cause__
     if isinstance(cause, ssl.SSLError) and cause.reason != "UNEXPECTED_EOF_WHILE_READING":
         reason = cause.reason or str(cause)
         if any(alert in reason for alert in _DISTRUST_ALERTS):
-            return f"client does not trust the mitmlite CA for {server_name} ({reason})"
-        return f"client TLS handshake failed: {reason}"
-    return "client closed the connection during the TLS handshake"
+            return f"client does not trust the mitmlite CA for {server_name} ({reason})", True
+        return f"client TLS handshake failed: {reason}", False
+    return "client closed the connection during the TLS handshake", False
+
+
+async def _passthrough_reason(
+    env: ConnectionEnv, name: str, target: ConnectTarget, hello: ClientHello
+) -> str | None:
+    """Why this tunnel must be relayed untouched, or None to intercept it.
+
+    Records the ClientHello first (the log, -v, the tls_clienthello hook), so passthrough
+    tunnels are fingerprinted too. Fingerprints are computed only when someone looks at them.
+    """
+    policy = env.policy
+    hooks = env.relay.hooks
+    wants_hook = hooks is not None and hooks.wants("tls_clienthello")
+    if wants_hook or policy.hello_log is not None or policy.show_hellos:
+        details = describe(hello)
+        if policy.show_hellos:
+            env.relay.sink.event(name, _hello_line(target, details))
+        if policy.hello_log is not None:
+            policy.hello_log.write({"client": name, "target": target.authority, **details})
+        if hooks is not None and wants_hook:
+            data = ClientHelloData(
+                client=name,
+                host=target.host,
+                port=target.port,
+                sni=hello.sni,
+                alpn_protocols=hello.alpn_protocols,
+                ja3=str(details["ja3"]),
+                ja4=str(details["ja4"]),
+                details=details,
+            )
+            await hooks.run("tls_clienthello", data)
+            if data.ignore_connection:
+                return "a tls_clienthello hook"
+    if policy.rules.passthrough(target.host, target.port, hello.sni):
+        return "--ignore-hosts" if policy.rules.ignore else "not in --allow-hosts"
+    learned = policy.learned
+    if learned is not None and ((hello.sni or target.host) in learned or target.host in learned):
+        return "--auto-passthrough: the client refused our certificate before"
+    return None
+
+
+def _hello_line(target: ConnectTarget, details: dict[str, Any]) -> str:
+    alpn = ",".join(cast(list[str], details["alpn"])) or "-"
+    return (
+        f"{target.authority} ClientHello sni={details['sni'] or '-'} alpn={alpn} "
+        f"ja3={details['ja3']} ja4={details['ja4']}"
+    )
 
 
 def _looks_like_http(data: bytes) -> bool:
@@ -262,13 +340,18 @@ def _looks_like_http(data: bytes) -> bool:
 
 
 async def _raw_tunnel(
-    env: ConnectionEnv, stream: trio.abc.Stream, name: str, target: ConnectTarget
+    env: ConnectionEnv,
+    stream: trio.abc.Stream,
+    name: str,
+    target: ConnectTarget,
+    kind: str = "tunnel",
 ) -> None:
+    """Relay bytes as they are, both ways: no TLS of ours, nothing parsed."""
     try:
         upstream = await env.relay.connect(Destination(target.host, target.port, tls=False))
     except MitmliteError as exc:
-        env.relay.sink.event(name, f"{target.authority} tunnel error: {exc}")
+        env.relay.sink.event(name, f"{target.authority} {kind} error: {exc}")
         return
     async with upstream.stream:
         sent, received = await pipe(stream, upstream.stream, env.relay.config.timeouts.idle)
-    env.relay.sink.event(name, f"{target.authority} tunnel closed: {sent}b up, {received}b down")
+    env.relay.sink.event(name, f"{target.authority} {kind} closed: {sent}b up, {received}b down")

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from mitmlite import encoding
+from mitmlite.errors import ConfigError
 from mitmlite.flow import Capture, FlowRecord, FlowSink
 
 RawFields = list[tuple[bytes, bytes]]
@@ -228,3 +230,21 @@ def merged_capture(*captures: Capture) -> Capture:
         headers=any(c.headers for c in captures),
         body_bytes=max((c.body_bytes for c in captures), default=0),
     )
+
+
+class JsonLinesFile:
+    """Appends one JSON object per line to a file (``--clienthello-log``), flushed as it goes."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._file = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
+
+    def write(self, data: dict[str, Any]) -> None:
+        line = {"time": round(time.time(), 3), **data}
+        self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()

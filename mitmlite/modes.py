@@ -89,7 +89,7 @@ async def handle_tls_proxy_client(
         env.relay.sink.event(name, f"error: TLS handshake with the proxy listener {reason}")
         return
     try:
-        await handle_client(env, tls)
+        await handle_client(env, tls, name)
     finally:
         with trio.move_on_after(_CLOSE_NOTIFY_SECONDS, shield=True):
             await tls.aclose()

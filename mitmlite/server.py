@@ -20,7 +20,7 @@ from mitmlite.auth import Credentials
 from mitmlite.ca.cache import LeafCache
 from mitmlite.ca.files import LoadedCA
 from mitmlite.config import Config
-from mitmlite.connection import ConnectionEnv, peer_name
+from mitmlite.connection import ConnectionEnv, TunnelPolicy, peer_name
 from mitmlite.flow import Capture, FlowSink
 from mitmlite.hooks import HookRunner
 from mitmlite.modes import Handler, handler_for
@@ -132,6 +132,7 @@ def build_env(
     *,
     capture: Capture | None = None,
     auth: Credentials | None = None,
+    policy: TunnelPolicy | None = None,
 ) -> ConnectionEnv:
     """The shared, per-process pieces: built once, passed down, never global."""
     tls = upstream_context(config.upstream_cas, insecure=config.insecure)
@@ -140,7 +141,7 @@ def build_env(
     relay = RelayEnv(
         config, connector, sink, hooks, ca=cache.root, capture=capture or Capture(), auth=auth
     )
-    return ConnectionEnv(relay=relay, leaves=cache)
+    return ConnectionEnv(relay=relay, leaves=cache, policy=policy or TunnelPolicy())
 
 
 def banner(config: Config, loaded: LoadedCA, addresses: list[Address]) -> str:
