@@ -32,6 +32,7 @@ from mitmlite.config import (
     is_loopback,
     parse_listen,
     parse_mode,
+    parse_upstream_proxy,
 )
 from mitmlite.connection import TunnelPolicy
 from mitmlite.errors import ConfigError, MitmliteError
@@ -192,6 +193,14 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
     envvar="MITMLITE_KEY",
     show_envvar=True,
     help="Private key (PEM) for --cert [default: in the --cert file].",
+)
+@click.option(
+    "--upstream-proxy",
+    default=None,
+    envvar="MITMLITE_UPSTREAM_PROXY",
+    show_envvar=True,
+    help="Send every upstream connection through this proxy: http://[USER:PASS@]HOST:PORT or "
+    "https://... (TLS to the proxy).",
 )
 @click.option(
     "--ignore-hosts",
@@ -378,6 +387,9 @@ def build_config(options: dict[str, Any]) -> Config:
         scripts=tuple(options["scripts"]),
         reverse=parse_mode(options["mode"]),
         listen_tls=options["listen_tls"],
+        upstream_proxy=(
+            parse_upstream_proxy(options["upstream_proxy"]) if options["upstream_proxy"] else None
+        ),
         cert=cert_pair(options["cert_path"], options["key_path"]),
         timeouts=timeouts,
         limits=limits,

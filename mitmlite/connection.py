@@ -348,7 +348,8 @@ async def _raw_tunnel(
 ) -> None:
     """Relay bytes as they are, both ways: no TLS of ours, nothing parsed."""
     try:
-        upstream = await env.relay.connect(Destination(target.host, target.port, tls=False))
+        dest = Destination(target.host, target.port, tls=False, tunnel=True)
+        upstream = await env.relay.connect(dest)
     except MitmliteError as exc:
         env.relay.sink.event(name, f"{target.authority} {kind} error: {exc}")
         return

@@ -353,6 +353,8 @@ class Relay:
             connect_start = time.monotonic()
             upstream, reused = await self._upstream_for(dest)
             record.unverified = not upstream.verified
+            if upstream.absolute_form:
+                head_events[0] = _absolute_form(request, dest, upstream.proxy_authorization)
             if self._capture is not None:
                 self._upstream_detail(record, upstream, None if reused else connect_start)
             try:
@@ -1014,3 +1016,16 @@ def server_info(upstream: Upstream) -> ServerInfo:
             subject = cast(tuple[tuple[tuple[str, str], ...], ...], cert.get("subject", ()))
             info.certificate_subject = ", ".join(f"{k}={v}" for rdn in subject for k, v in rdn)
     return info
+
+
+def _absolute_form(
+    request: h11.Request, dest: Destination, authorization: bytes | None
+) -> h11.Request:
+    """The request as a proxy expects it (RFC 9112 §3.2.2), with the proxy's credentials."""
+    target = request.target
+    if target.startswith(b"/"):
+        target = dest.origin.encode("ascii") + target
+    headers = list(request.headers.raw_items())
+    if authorization is not None:
+        headers.append((b"Proxy-Authorization", authorization))
+    return h11.Request(method=request.method, target=target, headers=headers)

@@ -26,7 +26,8 @@ from mitmlite.hooks import HookRunner
 from mitmlite.modes import Handler, handler_for
 from mitmlite.relay import RelayEnv
 from mitmlite.tls.contexts import upstream_context
-from mitmlite.upstream import TCPConnector
+from mitmlite.upstream import Connector, TCPConnector
+from mitmlite.upstream_proxy import ProxiedConnector
 
 # accept() fails with these when the process runs out of descriptors or memory: back off and
 # retry instead of dying, the way trio.serve_listeners does.
@@ -137,7 +138,10 @@ def build_env(
     """The shared, per-process pieces: built once, passed down, never global."""
     tls = upstream_context(config.upstream_cas, insecure=config.insecure)
     timeouts = config.timeouts
-    connector = TCPConnector(tls, timeouts.connect, timeouts.handshake)
+    connector: Connector = TCPConnector(tls, timeouts.connect, timeouts.handshake)
+    if config.upstream_proxy is not None:
+        connector = ProxiedConnector(config.upstream_proxy, tls, timeouts.connect,
+                                     timeouts.handshake)  # fmt: skip
     relay = RelayEnv(
         config, connector, sink, hooks, ca=cache.root, capture=capture or Capture(), auth=auth
     )

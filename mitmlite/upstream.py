@@ -36,6 +36,7 @@ class Destination:
     port: int
     tls: bool
     server_name: str | None = None
+    tunnel: bool = False  # raw bytes, not HTTP: through an upstream proxy it needs a CONNECT
 
     @property
     def origin(self) -> str:
@@ -57,6 +58,9 @@ class Upstream:
     tcp: trio.SocketStream | None = None
     verified: bool = True  # False only for TLS under --insecure: every flow says so
     pending: list[bytes] = field(default_factory=list)  # bytes h11 produced, not yet sent
+    # Plain HTTP through an upstream proxy: requests go in absolute form, with its credentials.
+    absolute_form: bool = False
+    proxy_authorization: bytes | None = field(default=None, repr=False)
 
     @property
     def key(self) -> tuple[str, int]:
