@@ -176,4 +176,4 @@ async def test_silent_client_after_connect_gets_a_raw_tunnel(
     await trio.sleep(2.9)
     assert setup.connector.dests == []
     await trio.sleep(0.2)
-    assert setup.connector.dests == [Destination("smtp.test", 25, tls=False)]
+    assert setup.connector.dests == [Destination("smtp.test", 25, tls=False, tunnel=True)]
