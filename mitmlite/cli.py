@@ -226,6 +226,14 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
     "its next connection on.",
 )
 @click.option(
+    "--upstream-cert",
+    is_flag=True,
+    envvar="MITMLITE_UPSTREAM_CERT",
+    show_envvar=True,
+    help="Connect upstream before answering the client and copy the upstream certificate's "
+    "names into the leaf (as mitmproxy does); slower: the handshakes no longer overlap.",
+)
+@click.option(
     "--clienthello-log",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
@@ -350,6 +358,7 @@ def tunnel_policy(options: dict[str, Any]) -> TunnelPolicy:
         learned=LearnedHosts() if options["auto_passthrough"] else None,
         hello_log=JsonLinesFile(path) if path is not None else None,
         show_hellos=options["verbose"] >= 1,
+        upstream_cert=options["upstream_cert"],
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -57,6 +58,7 @@ class TunnelPolicy:
     learned: LearnedHosts | None = None  # --auto-passthrough: hosts whose clients pin
     hello_log: HelloSink | None = None  # --clienthello-log
     show_hellos: bool = False  # -v: one line per ClientHello with its fingerprints
+    upstream_cert: bool = False  # --upstream-cert: leaves carry the upstream certificate's names
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,21 +199,15 @@ async def _intercept(
     target: ConnectTarget,
     server_name: str,
 ) -> None:
-    try:
-        context = env.leaves.context_for(server_name)
-    except MitmliteError as exc:
-        env.relay.sink.event(name, f"{target.authority} error: no certificate: {exc}")
-        return
-    # Not https_compatible: closing sends close_notify (RFC 8446 §6.1), so a client can tell a
-    # complete close-delimited response from a truncated one. The relay treats a client's EOF
-    # without close_notify (which then raises BrokenResourceError) as an ordinary close.
-    tls = trio.SSLStream(stream, context, server_side=True)
     dest = Destination(target.host, target.port, tls=True, server_name=server_name)
     if not _may_preconnect(env, dest):
-        await _serve_intercepted(env, tls, name, dest, env.relay)
+        context = _leaf_context(env, name, target, server_name)
+        if context is not None:
+            await _serve_intercepted(env, _server_tls(stream, context), name, dest, env.relay)
         return
     # The upstream is opened while the client's handshake runs: both cost round trips and
-    # handshakes, and nothing about the upstream connection depends on the client's.
+    # handshakes, and nothing about the upstream connection depends on the client's. With
+    # --upstream-cert the client's handshake waits for it instead, to show the upstream's names.
     early = Preconnect(env.relay.connect, dest, env.relay.config.timeouts.idle)
     relay_env = dataclasses.replace(env.relay, connect=early)
     failure: Exception | None = None
@@ -219,7 +215,11 @@ async def _intercept(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(early.run)
             try:
-                await _serve_intercepted(env, tls, name, dest, relay_env)
+                also = await early.certificate_names() if env.policy.upstream_cert else []
+                context = _leaf_context(env, name, target, server_name, also)
+                if context is not None:
+                    tls = _server_tls(stream, context)
+                    await _serve_intercepted(env, tls, name, dest, relay_env)
             except Exception as exc:  # raised below, outside the nursery, so not in a group
                 failure = exc
             finally:
@@ -228,6 +228,25 @@ async def _intercept(
         await early.aclose()
     if failure is not None:
         raise failure
+
+
+def _leaf_context(
+    env: ConnectionEnv, name: str, target: ConnectTarget, server_name: str, also: Sequence[str] = ()
+) -> ssl.SSLContext | None:
+    try:
+        return env.leaves.context_for(server_name, also)
+    except MitmliteError as exc:
+        env.relay.sink.event(name, f"{target.authority} error: no certificate: {exc}")
+        return None
+
+
+def _server_tls(
+    stream: trio.abc.Stream, context: ssl.SSLContext
+) -> trio.SSLStream[trio.abc.Stream]:
+    # Not https_compatible: closing sends close_notify (RFC 8446 §6.1), so a client can tell a
+    # complete close-delimited response from a truncated one. The relay treats a client's EOF
+    # without close_notify (which then raises BrokenResourceError) as an ordinary close.
+    return trio.SSLStream(stream, context, server_side=True)
 
 
 def _may_preconnect(env: ConnectionEnv, dest: Destination) -> bool:

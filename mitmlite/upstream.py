@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import h11
 import trio
+from cryptography import x509
 
 from mitmlite.errors import UpstreamCertificateError, UpstreamError, UpstreamTimeoutError
 
@@ -299,6 +300,7 @@ class Preconnect:
         self._watch_limit = watch_limit
         self._watch = trio.CancelScope()
         self._settled = trio.Event()  # the attempt ended and nothing watches the connection
+        self._attempted = trio.Event()  # the attempt ended, successful or not
         self._upstream: Upstream | None = None
         self._error: Exception | None = None
         self._claimed = False
@@ -311,6 +313,8 @@ class Preconnect:
             except Exception as exc:  # raised again to whoever claims it; nobody may
                 self._error = exc
                 return
+            finally:
+                self._attempted.set()
             with self._watch, trio.move_on_after(self._watch_limit):
                 await self._watch_for_close(self._upstream)
         finally:
@@ -337,8 +341,37 @@ class Preconnect:
             return await self.connect(dest)
         return upstream
 
+    async def certificate_names(self) -> list[str]:
+        """Wait for the attempt; the DNS and IP names of the certificate the upstream showed.
+
+        Empty when the attempt failed (the failure still reaches the first request) or the
+        connection has no TLS.
+        """
+        await self._attempted.wait()
+        upstream = self._upstream
+        return certificate_names(upstream) if upstream is not None else []
+
     async def aclose(self) -> None:
         """Close the connection if nobody claimed it."""
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             await trio.aclose_forcefully(upstream.stream)
+
+
+def certificate_names(upstream: Upstream) -> list[str]:
+    """The SubjectAltName DNS names and IP addresses of the upstream's certificate."""
+    stream = upstream.stream
+    if not isinstance(stream, trio.SSLStream):
+        return []
+    # The binary form: the dict form is empty when verification is off (--insecure).
+    der = stream.getpeercert(binary_form=True)
+    if not der:
+        return []
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return []
+    names: list[str] = list(sans.get_values_for_type(x509.DNSName))
+    names += [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    return names

@@ -9,6 +9,7 @@ Pure: values in, certificates out; no files, no trio, no sockets. Files live in 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -108,13 +109,20 @@ def check_root(cert: x509.Certificate, key: PrivateKey, now: dt.datetime) -> Roo
 
 
 def mint_leaf(
-    root: RootCA, leaf_key: PrivateKey, name: LeafName, now: dt.datetime
+    root: RootCA,
+    leaf_key: PrivateKey,
+    name: LeafName,
+    now: dt.datetime,
+    extra: Sequence[LeafName] = (),
 ) -> x509.Certificate:
-    """Mint a leaf for ``name``, signed by ``root``, carrying ``leaf_key`` (never the root key)."""
+    """Mint a leaf for ``name``, signed by ``root``, carrying ``leaf_key`` (never the root key).
+
+    ``extra`` names (copied from the upstream's certificate) follow ``name`` in the SAN.
+    """
     not_after = min(now - BACKDATE + LEAF_VALIDITY, root.cert.not_valid_after_utc)
     fits_cn = len(name.text) <= MAX_CN_LENGTH
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name.text)] if fits_cn else [])
-    san = san_entry(name)
+    sans = leaf_sans(name, extra)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -124,7 +132,7 @@ def mint_leaf(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         # RFC 5280 §4.2.1.6: with an empty subject the SAN must be critical.
-        .add_extension(x509.SubjectAlternativeName([san]), critical=not fits_cn)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=not fits_cn)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             _key_usage(key_encipherment=isinstance(leaf_key, rsa.RSAPrivateKey)), critical=True
@@ -136,6 +144,16 @@ def mint_leaf(
         .add_extension(_authority_key_id(root), critical=False)
     )
     return builder.sign(root.key, hashes.SHA256())
+
+
+def leaf_sans(name: LeafName, extra: Sequence[LeafName] = ()) -> list[x509.GeneralName]:
+    """The SAN entries of a leaf: ``name`` first, then each extra name once."""
+    sans = [san_entry(name)]
+    for other in extra:
+        entry = san_entry(other)
+        if entry not in sans:
+            sans.append(entry)
+    return sans
 
 
 def san_entry(name: LeafName) -> x509.GeneralName:

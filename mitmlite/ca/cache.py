@@ -11,10 +11,11 @@ across threads (single flight).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ssl
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from mitmlite.ca.authority import PrivateKey, RootCA, is_issued_by, mint_leaf, san_entry
+from mitmlite.ca.authority import PrivateKey, RootCA, is_issued_by, leaf_sans, mint_leaf
 from mitmlite.ca.files import (
     LEAF_KEY_NAME,
     LEAVES_DIR,
@@ -32,7 +33,7 @@ from mitmlite.ca.files import (
     write_file,
     write_private,
 )
-from mitmlite.ca.names import LeafName, leaf_name
+from mitmlite.ca.names import LeafName, extra_name, leaf_name
 from mitmlite.tls.contexts import leaf_context
 
 Clock = Callable[[], dt.datetime]
@@ -40,6 +41,8 @@ Clock = Callable[[], dt.datetime]
 # A leaf with less than this left is replaced, so no client ever sees one expire mid-session.
 REMINT_MARGIN = dt.timedelta(days=7)
 DEFAULT_MAX_HOSTS = 1000
+# Names copied from an upstream certificate into a leaf; CDNs list hundreds, clients need few.
+MAX_EXTRA = 100
 
 
 def utc_now() -> dt.datetime:
@@ -81,21 +84,26 @@ class LeafCache:
         self.key_path = directory / LEAF_KEY_NAME
         self.leaf_key = _load_or_create_leaf_key(self.key_path)
 
-    def context_for(self, host: str) -> ssl.SSLContext:
-        """The server-side context for ``host``; raises InvalidHostError for invalid names."""
-        return self.leaf_for(host).context
+    def context_for(self, host: str, also: Sequence[str] = ()) -> ssl.SSLContext:
+        """The server-side context for ``host``; raises InvalidHostError for invalid names.
 
-    def leaf_for(self, host: str) -> CachedLeaf:
+        ``also``: more names for the leaf (the upstream certificate's); invalid ones are left out.
+        """
+        return self.leaf_for(host, also).context
+
+    def leaf_for(self, host: str, also: Sequence[str] = ()) -> CachedLeaf:
         """The cached leaf for ``host``, minting or reloading it when missing or near expiry."""
+        key = host if not also else f"{host}|{','.join(also)}"
         with self._lock:
-            entry = self._entries.get(host)
+            entry = self._entries.get(key)
             now = self.clock()
             if entry is not None and entry.fresh(now):
-                self._entries.move_to_end(host)
+                self._entries.move_to_end(key)
                 return entry
-            entry = self._obtain(leaf_name(host), now)
-            self._entries[host] = entry
-            self._entries.move_to_end(host)
+            extra = tuple(n for n in (extra_name(text) for text in also[:MAX_EXTRA]) if n)
+            entry = self._obtain(leaf_name(host), now, extra)
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
             while len(self._entries) > self.max_hosts:
                 self._entries.popitem(last=False)
             return entry
@@ -103,11 +111,13 @@ class LeafCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _obtain(self, name: LeafName, now: dt.datetime) -> CachedLeaf:
-        path = self.directory / leaf_file_name(name)
-        cert = self._reusable(path, name, now)
+    def _obtain(
+        self, name: LeafName, now: dt.datetime, extra: tuple[LeafName, ...] = ()
+    ) -> CachedLeaf:
+        path = self.directory / leaf_file_name(name, extra)
+        cert = self._reusable(path, name, extra, now)
         if cert is None:
-            cert = mint_leaf(self.root, self.leaf_key, name, now)
+            cert = mint_leaf(self.root, self.leaf_key, name, now, extra)
             self.mints += 1
             chain = cert.public_bytes(serialization.Encoding.PEM) + self.root.cert.public_bytes(
                 serialization.Encoding.PEM
@@ -115,14 +125,16 @@ class LeafCache:
             write_file(path, chain, mode=0o600, durable=False)
         return CachedLeaf(cert=cert, context=leaf_context(path, self.key_path))
 
-    def _reusable(self, path: Path, name: LeafName, now: dt.datetime) -> x509.Certificate | None:
+    def _reusable(
+        self, path: Path, name: LeafName, extra: tuple[LeafName, ...], now: dt.datetime
+    ) -> x509.Certificate | None:
         try:
             cert = x509.load_pem_x509_certificate(path.read_bytes())
             names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except (OSError, ValueError, x509.ExtensionNotFound):
             return None
         ok = (
-            list(names) == [san_entry(name)]
+            list(names) == leaf_sans(name, extra)
             and cert.public_key() == self.leaf_key.public_key()
             and cert.not_valid_before_utc <= now
             and is_issued_by(cert, self.root)
@@ -131,13 +143,18 @@ class LeafCache:
         return cert if ok and entry_is_fresh else None
 
 
-def leaf_file_name(name: LeafName) -> str:
+def leaf_file_name(name: LeafName, extra: Sequence[LeafName] = ()) -> str:
     """The chain file for ``name``: one file per name, never the leaf key's file.
 
     ``+`` cannot occur in a host name, so an IPv6 address never maps onto a name like ``__1``,
     and the ``.chain.pem`` suffix keeps a host called ``mitmlite-leaf-key`` off the key file.
+    A leaf with extra names gets a digest of them, so it never replaces the plain one.
     """
-    return f"{name.text.replace(':', '+')}.chain.pem"
+    base = name.text.replace(":", "+")
+    if extra:
+        digest = hashlib.sha256(",".join(n.text for n in extra).encode()).hexdigest()[:16]
+        base += f"+{digest}"
+    return f"{base}.chain.pem"
 
 
 def leaves_dir(ca_dir: Path) -> Path:

@@ -94,3 +94,19 @@ def _check_label(host: str, label: str) -> None:
             idna.decode(label)
         except idna.IDNAError as exc:
             raise InvalidHostError(f"{host!r} has an invalid A-label {label!r}") from exc
+
+
+def extra_name(text: str) -> LeafName | None:
+    """A name copied from an upstream certificate, normalised like ``leaf_name``; None if bad.
+
+    Wildcards (``*.example.org``) are kept: they are what the real server presents, and a
+    leaf that carries them lets a client reuse the connection for those names, as it would with
+    the origin.
+    """
+    try:
+        if text.startswith("*."):
+            rest = leaf_name(text[2:])
+            return LeafName(dns=f"*.{rest.dns}") if rest.dns is not None else None
+        return leaf_name(text)
+    except InvalidHostError:
+        return None

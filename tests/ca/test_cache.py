@@ -264,3 +264,35 @@ async def test_curl_rejects_leaf_without_the_ca(
         result = await curl(host, port, *options)
         assert result.returncode == 60, result.stderr  # CURLE_PEER_FAILED_VERIFICATION
         assert result.stdout == b""
+
+
+# --- leaves that also carry the upstream certificate's names (--upstream-cert) ------------------
+
+
+def _sans(cache: LeafCache, host: str, also: list[str]) -> list[str]:
+    cert = cache.leaf_for(host, also).cert
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(v) for v in san.get_values_for_type(x509.DNSName)] + [
+        str(v) for v in san.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def test_extra_names_follow_the_host_and_bad_ones_are_dropped(tmp_path: Path, root: RootCA) -> None:
+    cache = LeafCache(root, tmp_path / "leaves")
+    names = _sans(cache, "www.example.test", ["example.test", "*.example.test", "www.example.test",
+                                              "bad name", "10.0.0.1"])  # fmt: skip
+    assert names == ["www.example.test", "example.test", "*.example.test", "10.0.0.1"]
+    assert cache.leaf_for("www.example.test", ["example.test"]) is not cache.leaf_for(
+        "www.example.test"
+    )
+    assert _sans(cache, "www.example.test", []) == ["www.example.test"]
+
+
+def test_leaves_with_extra_names_are_reused_after_a_restart(tmp_path: Path, root: RootCA) -> None:
+    first = LeafCache(root, tmp_path / "leaves")
+    first.leaf_for("a.test", ["b.test"])
+    second = LeafCache(root, tmp_path / "leaves")
+    second.leaf_for("a.test", ["b.test"])
+    assert second.mints == 0
+    second.leaf_for("a.test", ["c.test"])  # other names: another leaf, another file
+    assert second.mints == 1
