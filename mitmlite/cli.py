@@ -177,6 +177,7 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
 )
 @click.option(
     "--cert",
+    "--listen-cert",
     "cert_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,

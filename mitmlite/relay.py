@@ -58,6 +58,7 @@ from mitmlite.http1 import (
 )
 from mitmlite.onboarding import is_onboarding_host, onboarding_response
 from mitmlite.streams import PrefixedStream, pipe, receive_batch
+from mitmlite.tls.clienthello import looks_like_tls
 from mitmlite.upstream import Connector, Destination, Upstream
 
 Headers = list[tuple[bytes, bytes]]
@@ -125,6 +126,10 @@ _Body = _Buffered | _Streamed
 _Route = tuple[Destination, bytes, list[tuple[bytes, bytes]]]  # where, origin-form target, fields
 
 
+class TLSToPlainPortError(MitmliteError):
+    """A TLS ClientHello where a proxy request was expected: no answer of ours would be read."""
+
+
 class _StaleUpstreamError(Exception):
     """A reused upstream connection closed before answering: retry once on a fresh one."""
 
@@ -154,6 +159,7 @@ class Relay:
         self._client: ClientInfo | None = None  # what hooks see of the client, built once
         self._servers: dict[Upstream, ServerInfo] = {}
         self._capture = env.capture if env.capture.enabled else None
+        self._seen_bytes = False  # a proxy-facing connection's first bytes are checked for TLS
         self._record = FlowRecord("", "", "", 0.0)  # the current exchange's, set by cycle()
 
     async def run(self, first: h11.Request | None = None) -> h11.Request | None:
@@ -237,6 +243,13 @@ class Relay:
                         data = await receive_batch(self.client, self.read_size)
                     except trio.BrokenResourceError:  # TLS EOF without close_notify: a close
                         data = b""
+                    if self.fixed is None and not self._seen_bytes:
+                        self._seen_bytes = True
+                        if looks_like_tls(bytes(data[:2])):
+                            raise TLSToPlainPortError(
+                                "client started TLS on the plain-HTTP proxy port: use an "
+                                "http:// proxy URL, or start mitmlite with --listen-tls"
+                            )
                     self.conn.receive_data(cast(bytes, data))
                     started = True
                     continue

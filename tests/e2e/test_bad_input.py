@@ -55,9 +55,21 @@ async def still_serves(proxy: Proxy, origin: Origin) -> None:
 
 
 async def test_garbage_bytes_get_a_400(proxy: Proxy, origin: Origin) -> None:
-    reply = await exchange(proxy, b"\x16\x03\x01\x00garbage\r\n\r\n")
+    reply = await exchange(proxy, b"\x00\x01garbage\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"malformed request" in reply
+    await still_serves(proxy, origin)
+
+
+async def test_tls_sent_to_the_plain_port_is_explained(proxy: Proxy, origin: Origin) -> None:
+    # curl with an https:// proxy URL against the plain listener: its ClientHello arrives
+    # where a proxy request should. An HTTP answer would be noise to a TLS client, so the
+    # connection is closed and the log says what to change.
+    result = await curl(proxy, "--proxy", f"https://127.0.0.1:{proxy.port}", "--proxy-insecure",
+                        origin.url("/never"), max_time=10)  # fmt: skip
+    assert result.returncode != 0
+    await proxy.wait_for_log("client started TLS on the plain-HTTP proxy port")
+    assert "/never" not in origin.state.requests
     await still_serves(proxy, origin)
 
 
