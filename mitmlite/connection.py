@@ -155,13 +155,14 @@ async def _tunnel(
         if hello is None:
             return
         server_name = hello.sni or target.host
+        offered = hello.alpn_protocols
         why = await _passthrough_reason(env, name, target, hello)
         replay = PrefixedStream(stream, first)
         del hello, first  # the parsed and raw ClientHello would live as long as the tunnel
         if why is not None:
             await _raw_tunnel(env, replay, name, target, f"passthrough ({why})")
             return
-        await _intercept(env, replay, name, target, server_name)
+        await _intercept(env, replay, name, target, server_name, offered)
     elif _looks_like_http(first):
         dest = Destination(target.host, target.port, tls=False)
         conn = new_server_conn(env)
@@ -198,12 +199,14 @@ async def _intercept(
     name: str,
     target: ConnectTarget,
     server_name: str,
+    offered: tuple[str, ...] = (),
 ) -> None:
     dest = Destination(target.host, target.port, tls=True, server_name=server_name)
     if not _may_preconnect(env, dest):
         context = _leaf_context(env, name, target, server_name)
         if context is not None:
-            await _serve_intercepted(env, _server_tls(stream, context), name, dest, env.relay)
+            tls = _server_tls(stream, context)
+            await _serve_intercepted(env, tls, name, dest, env.relay, offered)
         return
     # The upstream is opened while the client's handshake runs: both cost round trips and
     # handshakes, and nothing about the upstream connection depends on the client's. With
@@ -219,7 +222,7 @@ async def _intercept(
                 context = _leaf_context(env, name, target, server_name, also)
                 if context is not None:
                     tls = _server_tls(stream, context)
-                    await _serve_intercepted(env, tls, name, dest, relay_env)
+                    await _serve_intercepted(env, tls, name, dest, relay_env, offered)
             except Exception as exc:  # raised below, outside the nursery, so not in a group
                 failure = exc
             finally:
@@ -266,11 +269,14 @@ async def _serve_intercepted(
     name: str,
     dest: Destination,
     relay_env: RelayEnv,
+    offered: tuple[str, ...] = (),
 ) -> None:
     if not await _client_handshake(env, tls, name, dest.server_name or dest.host):
         return
     try:
-        await Relay(relay_env, tls, new_server_conn(env), name, fixed=dest).run()
+        relay = Relay(relay_env, tls, new_server_conn(env), name, fixed=dest)
+        relay.offered_alpn = offered
+        await relay.run()
     finally:
         with trio.move_on_after(_CLOSE_NOTIFY_SECONDS, shield=True):
             await tls.aclose()

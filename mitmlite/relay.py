@@ -148,6 +148,7 @@ class Relay:
     ) -> None:
         self.env = env
         self.host_header = host_header  # reverse mode: Host becomes the upstream's authority
+        self.offered_alpn: tuple[str, ...] = ()  # from the client's ClientHello, for hooks
         self.timeouts = env.config.timeouts
         self.read_size = env.config.limits.read_size
         self.client = client
@@ -836,6 +837,7 @@ class Relay:
                 cipher = self.client.cipher()
                 info.cipher = cipher[0] if cipher else None
                 info.alpn = self.client.selected_alpn_protocol()
+                info.alpn_offered = self.offered_alpn
                 info.sni = self.fixed.server_name if self.fixed is not None else None
             self._client = info
         return self._client
