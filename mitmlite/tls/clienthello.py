@@ -12,6 +12,7 @@ SSLv2-compatible ClientHellos (RFC 5246 Appendix E.2) are not TLS records and ar
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -107,12 +108,30 @@ def parse_client_hello(data: bytes) -> ClientHello | NeedMoreData:
 
 def _reassemble(data: bytes) -> bytes | NeedMoreData:
     """The first handshake message, joined from its fragments (RFC 8446 §5.1), or need-more."""
+    # Fast path: the whole ClientHello in the first record, as nearly every client sends it. It
+    # returns only when every check below would pass; anything else takes the general path,
+    # which also words the errors.
+    if (
+        len(data) >= _RECORD_HEADER + _HANDSHAKE_HEADER
+        and data[0] == _HANDSHAKE_RECORD
+        and data[1] == 3
+        and data[5] == _CLIENT_HELLO
+    ):
+        record_length = data[3] << 8 | data[4]
+        expected = _HANDSHAKE_HEADER + (data[6] << 16 | data[7] << 8 | data[8])
+        if (
+            0 < record_length <= MAX_RECORD_LENGTH
+            and expected <= _HANDSHAKE_HEADER + MAX_HELLO_LENGTH
+            and expected <= record_length
+            and _RECORD_HEADER + expected <= len(data)
+        ):
+            return bytes(data[_RECORD_HEADER : _RECORD_HEADER + expected])
     message = bytearray()
     for fragment in _handshake_fragments(data):
         message += fragment
-        expected = _check_handshake_header(message)
-        if expected is not None and len(message) >= expected:
-            return bytes(message[:expected])
+        expected_length = _check_handshake_header(message)
+        if expected_length is not None and len(message) >= expected_length:
+            return bytes(message[:expected_length])
     return NEED_MORE_DATA
 
 
@@ -171,127 +190,152 @@ def _check_handshake_header(message: bytes | bytearray) -> int | None:
 
 
 # --- ClientHello body (RFC 8446 §4.1.2) ----------------------------------------------------------
+#
+# Offsets into the one message instead of a reader object per vector: every read is still
+# bounds-checked, and an error's message (which names the vector and field it was reading) is
+# only built when there is an error to report.
 
 
-class _Reader:
-    """A cursor over one vector; every read is bounds-checked and names what it was reading."""
+_SNI_LIST: Final = "ClientHello server_name server_name_list"
+_ALPN_LIST: Final = "ClientHello ALPN protocol_name_list"
 
-    __slots__ = ("_data", "_offset", "_what")
 
-    def __init__(self, data: bytes, what: str) -> None:
-        self._data = data
-        self._offset = 0
-        self._what = what
+def _short(what: str, field: str, count: int, left: int) -> ClientHelloError:
+    return ClientHelloError(f"{what}: {field} needs {count} bytes but only {left} are left")
 
-    @property
-    def remaining(self) -> int:
-        return len(self._data) - self._offset
 
-    def read(self, count: int, field: str) -> bytes:
-        if count > self.remaining:
-            raise ClientHelloError(
-                f"{self._what}: {field} needs {count} bytes but only {self.remaining} are left"
-            )
-        self._offset += count
-        return self._data[self._offset - count : self._offset]
+def _trailing(what: str, count: int) -> ClientHelloError:
+    return ClientHelloError(f"{what}: {count} unexpected trailing bytes")
 
-    def uint(self, size: int, field: str) -> int:
-        return int.from_bytes(self.read(size, field))
 
-    def vector(self, length_size: int, field: str, minimum: int = 0) -> _Reader:
-        """A reader over a vector with a ``length_size``-byte length prefix (RFC 8446 §3.4)."""
-        length = self.uint(length_size, f"{field} length")
-        if length < minimum:
-            raise ClientHelloError(f"{self._what}: {field} is {length} bytes, minimum {minimum}")
-        return _Reader(self.read(length, field), f"{self._what} {field}")
+def _vector(
+    data: bytes, pos: int, end: int, length_size: int, what: str, field: str, minimum: int = 0
+) -> tuple[int, int]:
+    """Start and end of a vector at ``pos`` with a ``length_size``-byte length (RFC 8446 §3.4)."""
+    if end - pos < length_size:
+        raise _short(what, f"{field} length", length_size, end - pos)
+    length = data[pos] if length_size == 1 else data[pos] << 8 | data[pos + 1]
+    pos += length_size
+    if length < minimum:
+        raise ClientHelloError(f"{what}: {field} is {length} bytes, minimum {minimum}")
+    if length > end - pos:
+        raise _short(what, field, length, end - pos)
+    return pos, pos + length
 
-    def uints(self, size: int) -> tuple[int, ...]:
-        """The rest of this vector as big-endian ``size``-byte integers."""
-        if self.remaining % size:
-            raise ClientHelloError(
-                f"{self._what}: {self.remaining} bytes is not a multiple of {size}"
-            )
-        rest = self.read(self.remaining, "items")
-        return tuple(int.from_bytes(rest[i : i + size]) for i in range(0, len(rest), size))
 
-    def expect_end(self) -> None:
-        if self.remaining:
-            raise ClientHelloError(f"{self._what}: {self.remaining} unexpected trailing bytes")
+def _uints(
+    data: bytes, start: int, end: int, size: int, what: str, suffix: str = ""
+) -> tuple[int, ...]:
+    """``data[start:end]`` as big-endian ``size``-byte integers (size 1 or 2)."""
+    length = end - start
+    if length % size:
+        raise ClientHelloError(f"{what}{suffix}: {length} bytes is not a multiple of {size}")
+    if size == 1:
+        return tuple(data[start:end])
+    return struct.unpack_from(f">{length >> 1}H", data, start)
 
 
 def _parse_message(raw: bytes) -> ClientHello:
-    body = _Reader(raw[_HANDSHAKE_HEADER:], "ClientHello")
-    legacy_version = body.uint(2, "legacy_version")
-    body.read(32, "random")
-    if body.vector(1, "legacy_session_id").remaining > 32:
+    what = "ClientHello"
+    end = len(raw)
+    pos = _HANDSHAKE_HEADER
+    if end - pos < 2:
+        raise _short(what, "legacy_version", 2, end - pos)
+    legacy_version = raw[pos] << 8 | raw[pos + 1]
+    pos += 2
+    if end - pos < 32:
+        raise _short(what, "random", 32, end - pos)
+    pos += 32
+    start, pos = _vector(raw, pos, end, 1, what, "legacy_session_id")
+    if pos - start > 32:
         raise ClientHelloError("ClientHello: legacy_session_id is longer than 32 bytes")
-    cipher_suites = body.vector(2, "cipher_suites", minimum=2).uints(2)
-    body.vector(1, "legacy_compression_methods", minimum=1)
+    start, pos = _vector(raw, pos, end, 2, what, "cipher_suites", 2)
+    cipher_suites = _uints(raw, start, pos, 2, what, " cipher_suites")
+    _, pos = _vector(raw, pos, end, 1, what, "legacy_compression_methods", 1)
     # Before TLS 1.3 the extensions block may be absent altogether (RFC 5246 §7.4.1.2).
-    extensions = _parse_extensions(body.vector(2, "extensions")) if body.remaining else {}
-    body.expect_end()
+    extensions: dict[int, tuple[int, int]] = {}
+    if pos < end:
+        start, pos = _vector(raw, pos, end, 2, what, "extensions")
+        extensions = _parse_extensions(raw, start, pos)
+    if pos < end:
+        raise _trailing(what, end - pos)
     return _client_hello(raw, legacy_version, cipher_suites, extensions)
 
 
-def _parse_extensions(block: _Reader) -> dict[int, bytes]:
-    """Extension type -> data, in the client's order (dicts keep insertion order)."""
-    extensions: dict[int, bytes] = {}
-    while block.remaining:
-        kind = block.uint(2, "extension type")
-        data = block.vector(2, f"extension {kind}")
+def _parse_extensions(raw: bytes, pos: int, end: int) -> dict[int, tuple[int, int]]:
+    """Extension type -> (start, end) of its data, in the client's order (dicts keep it)."""
+    what = "ClientHello extensions"
+    extensions: dict[int, tuple[int, int]] = {}
+    while pos < end:
+        if end - pos < 2:
+            raise _short(what, "extension type", 2, end - pos)
+        kind = raw[pos] << 8 | raw[pos + 1]
+        pos += 2
+        if end - pos < 2:
+            raise _short(what, f"extension {kind} length", 2, end - pos)
+        length = raw[pos] << 8 | raw[pos + 1]
+        pos += 2
+        if length > end - pos:
+            raise _short(what, f"extension {kind}", length, end - pos)
         # RFC 8446 §4.2: there MUST NOT be more than one extension of the same type.
         if kind in extensions:
             raise ClientHelloError(f"ClientHello: extension {kind} appears twice")
-        extensions[kind] = data.read(data.remaining, "data")
+        extensions[kind] = (pos, pos + length)
+        pos += length
     return extensions
 
 
 def _client_hello(
-    raw: bytes, legacy_version: int, cipher_suites: tuple[int, ...], extensions: dict[int, bytes]
+    raw: bytes,
+    legacy_version: int,
+    cipher_suites: tuple[int, ...],
+    extensions: dict[int, tuple[int, int]],
 ) -> ClientHello:
-    def uints(kind: int, length_size: int, size: int, name: str) -> tuple[int, ...]:
-        if kind not in extensions:
+    def uints(kind: int, length_size: int, size: int, what: str) -> tuple[int, ...]:
+        span = extensions.get(kind)
+        if span is None:
             return ()
-        reader = _Reader(extensions[kind], f"ClientHello {name}")
-        items = reader.vector(length_size, "list", minimum=1).uints(size)
-        reader.expect_end()
+        start, end = _vector(raw, span[0], span[1], length_size, what, "list", 1)
+        items = _uints(raw, start, end, size, what, " list")
+        if end < span[1]:
+            raise _trailing(what, span[1] - end)
         return items
 
     # RFC 8446 §4.2.1: when supported_versions is present, legacy_version is frozen at 0x0303 and
     # must be ignored in favour of the list.
-    versions = uints(_SUPPORTED_VERSIONS, 1, 2, "supported_versions") or (legacy_version,)
+    versions = uints(_SUPPORTED_VERSIONS, 1, 2, "ClientHello supported_versions")
     return ClientHello(
-        sni=_server_name(extensions.get(_SERVER_NAME)),
-        alpn_protocols=_alpn(extensions.get(_ALPN)),
-        versions=versions,
+        sni=_server_name(raw, extensions.get(_SERVER_NAME)),
+        alpn_protocols=_alpn(raw, extensions.get(_ALPN)),
+        versions=versions or (legacy_version,),
         cipher_suites=cipher_suites,
         extensions=tuple(extensions),
-        supported_groups=uints(_SUPPORTED_GROUPS, 2, 2, "supported_groups"),
-        signature_algorithms=uints(_SIGNATURE_ALGORITHMS, 2, 2, "signature_algorithms"),
-        ec_point_formats=uints(_EC_POINT_FORMATS, 1, 1, "ec_point_formats"),
+        supported_groups=uints(_SUPPORTED_GROUPS, 2, 2, "ClientHello supported_groups"),
+        signature_algorithms=uints(_SIGNATURE_ALGORITHMS, 2, 2, "ClientHello signature_algorithms"),
+        ec_point_formats=uints(_EC_POINT_FORMATS, 1, 1, "ClientHello ec_point_formats"),
         legacy_version=legacy_version,
         raw=raw,
     )
 
 
-def _server_name(data: bytes | None) -> str | None:
+def _server_name(raw: bytes, span: tuple[int, int] | None) -> str | None:
     """The host_name entry of server_name (RFC 6066 §3), ASCII as sent, or None."""
-    if data is None:
+    if span is None:
         return None
-    reader = _Reader(data, "ClientHello server_name")
-    names = reader.vector(2, "server_name_list", minimum=1)
-    reader.expect_end()
+    what = "ClientHello server_name"
+    pos, end = _vector(raw, span[0], span[1], 2, what, "server_name_list", 1)
+    if end < span[1]:
+        raise _trailing(what, span[1] - end)
     host: bytes | None = None
-    while names.remaining:
-        name_type = names.uint(1, "name_type")
-        entry = names.vector(2, "host_name", minimum=1)
-        name = entry.read(entry.remaining, "name")
+    while pos < end:
+        name_type = raw[pos]
+        start, pos = _vector(raw, pos + 1, end, 2, _SNI_LIST, "host_name", 1)
         # RFC 6066 §3: at most one name of each type. Unknown types are skipped, because their
         # length prefix is the same opaque<1..2^16-1> in every deployed implementation.
         if name_type == _HOST_NAME:
             if host is not None:
                 raise ClientHelloError("ClientHello server_name: more than one host_name")
-            host = name
+            host = raw[start:pos]
     return None if host is None else _ascii_host(host)
 
 
@@ -302,17 +346,18 @@ def _ascii_host(name: bytes) -> str:
     return name.decode("ascii")
 
 
-def _alpn(data: bytes | None) -> tuple[str, ...]:
+def _alpn(raw: bytes, span: tuple[int, int] | None) -> tuple[str, ...]:
     """ALPN protocol names (RFC 7301 §3.1), in the client's order."""
-    if data is None:
+    if span is None:
         return ()
-    reader = _Reader(data, "ClientHello ALPN")
-    names = reader.vector(2, "protocol_name_list", minimum=2)
-    reader.expect_end()
+    what = "ClientHello ALPN"
+    pos, end = _vector(raw, span[0], span[1], 2, what, "protocol_name_list", 2)
+    if end < span[1]:
+        raise _trailing(what, span[1] - end)
     protocols = []
-    while names.remaining:
-        name = names.vector(1, "protocol_name", minimum=1)
+    while pos < end:
+        start, pos = _vector(raw, pos, end, 1, _ALPN_LIST, "protocol_name", 1)
         # Protocol names are opaque bytes; latin-1 maps every byte to one character, so a name
         # round-trips exactly with .encode("latin-1"); registered names are ASCII and unchanged.
-        protocols.append(name.read(name.remaining, "name").decode("latin-1"))
+        protocols.append(raw[start:pos].decode("latin-1"))
     return tuple(protocols)

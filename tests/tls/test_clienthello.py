@@ -407,6 +407,75 @@ def test_hello_at_the_length_limit_is_accepted_while_incomplete() -> None:
     assert parse_client_hello(records(b"\x01\x01\x00\x00")) is NEED_MORE_DATA
 
 
+NESTED_MALFORMED = [
+    pytest.param(
+        message(body(b"\x00")), "extensions: extension type needs 2 bytes but only 1", id="ext-type"
+    ),
+    pytest.param(
+        message(body(b"\x00\x0a\x00")),
+        "extensions: extension 10 length needs 2 bytes but only 1",
+        id="ext-length",
+    ),
+    pytest.param(
+        hello(ext(16, vec(vec(b"h2", 1), 2) + b"\x00")),
+        "ClientHello ALPN: 1 unexpected trailing bytes",
+        id="alpn-trailing",
+    ),
+    pytest.param(
+        hello(ext(16, vec(b"\x05h2", 2))),
+        "ALPN protocol_name_list: protocol_name needs 5 bytes but only 2",
+        id="alpn-name-overrun",
+    ),
+    pytest.param(
+        hello(ext(0, vec(b"\x00" + vec(b"a.test", 2), 2) + b"\x00")),
+        "ClientHello server_name: 1 unexpected trailing bytes",
+        id="sni-trailing",
+    ),
+    pytest.param(
+        hello(ext(0, vec(b"\x00\x00", 2))),
+        "server_name_list: host_name length needs 2 bytes but only 1",
+        id="sni-name-length",
+    ),
+    pytest.param(
+        hello(ext(13, vec(b"\x04\x03\x08", 2))),
+        "ClientHello signature_algorithms list: 3 bytes is not a multiple of 2",
+        id="odd-signature-algorithms",
+    ),
+    pytest.param(
+        hello(ext(11, vec(b"", 1))),
+        "ClientHello ec_point_formats: list is 0 bytes, minimum 1",
+        id="empty-point-formats",
+    ),
+    pytest.param(
+        hello(ext(43, vec(u16s(TLS13), 1)), ext(10, vec(u16s(29), 2) + b"\x00")),
+        "supported_groups: 1 unexpected trailing bytes",
+        id="groups-after-good-versions",
+    ),
+]
+
+
+@pytest.mark.parametrize(("hello_message", "message_"), NESTED_MALFORMED)
+def test_nested_malformed_fails_with_a_clear_message(hello_message: bytes, message_: str) -> None:
+    with pytest.raises(ClientHelloError, match=re.escape(message_)):
+        parse_client_hello(records(hello_message))
+
+
+def test_hello_filling_its_record_exactly() -> None:
+    data = records(TYPICAL)
+    assert parsed(data).raw == TYPICAL
+    assert parse_client_hello(data[:-1]) is NEED_MORE_DATA
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_bytearray_and_memoryview_parse_like_bytes(name: str) -> None:
+    data = capture(name)
+    expected = parsed(data)
+    for view in (bytearray(data), memoryview(data)):
+        result = parsed(view)  # type: ignore[arg-type]
+        assert result == expected
+        assert type(result.raw) is bytes
+
+
 # --- looks_like_tls -----------------------------------------------------------------------------
 
 
