@@ -57,6 +57,7 @@ from mitmlite.http1 import (
     strip_hop_by_hop,
 )
 from mitmlite.onboarding import is_onboarding_host, onboarding_response
+from mitmlite.pool import UpstreamPool
 from mitmlite.streams import PrefixedStream, pipe, receive_batch
 from mitmlite.tls.clienthello import looks_like_tls
 from mitmlite.upstream import Connector, Destination, Upstream
@@ -104,6 +105,7 @@ class RelayEnv:
     capture: Capture = field(default_factory=Capture)  # what sinks keep beyond the summary
     idle: IdleClients = field(default_factory=IdleClients)
     auth: Credentials | None = None  # --proxy-auth: who may use the proxy
+    pool: UpstreamPool | None = None  # idle upstreams go back here for other clients
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +185,12 @@ class Relay:
                 request = None
         finally:
             with trio.CancelScope(shield=True):
+                pool = self.env.pool
                 for upstream in self.upstreams.values():
-                    await upstream.stream.aclose()
+                    if pool is None or not pool.give(upstream):
+                        await trio.aclose_forcefully(upstream.stream)
+                if pool is not None:
+                    await pool.close_doomed()
 
     async def _authorized(self, auth: Credentials, request: h11.Request) -> bool:
         header = next((v for n, v in request.headers if n == b"proxy-authorization"), None)
@@ -367,6 +373,8 @@ class Relay:
             connect_start = time.monotonic()
             upstream, reused = await self._upstream_for(dest)
             record.unverified = not upstream.verified
+            if _binds_connection(request.headers.raw_items()):
+                upstream.shareable = False
             if upstream.absolute_form:
                 head_events[0] = _absolute_form(request, dest, upstream.proxy_authorization)
             if self._capture is not None:
@@ -433,12 +441,13 @@ class Relay:
     async def _upstream_for(self, dest: Destination) -> tuple[Upstream, bool]:
         existing = self.upstreams.get((dest.host, dest.port))
         if existing is not None:
-            if existing.reusable():
+            if existing.reusable() and existing.dest in (None, dest):
                 return existing, True
             await self._drop(existing)
         upstream = await self.env.connect(dest)
         self.upstreams[upstream.key] = upstream
-        return upstream, False
+        recycled, upstream.recycled = upstream.recycled, False
+        return upstream, recycled
 
     async def _drop(self, upstream: Upstream) -> None:
         self.upstreams.pop(upstream.key, None)
@@ -536,6 +545,8 @@ class Relay:
         except trio.TooSlowError as exc:
             raise UpstreamTimeoutError(f"{where} did not respond within {timeout:g} s") from exc
         if isinstance(event, h11.Response | h11.InformationalResponse):
+            if _binds_connection(event.headers.raw_items()):
+                upstream.shareable = False
             return event
         if retry_on_eof and isinstance(event, h11.ConnectionClosed):
             raise _StaleUpstreamError
@@ -1044,3 +1055,16 @@ def _absolute_form(
     if authorization is not None:
         headers.append((b"Proxy-Authorization", authorization))
     return h11.Request(method=request.method, target=target, headers=headers)
+
+
+_CONNECTION_AUTH = (b"ntlm", b"negotiate", b"kerberos")
+_AUTH_FIELDS = (b"authorization", b"www-authenticate", b"proxy-authorization",
+                b"proxy-authenticate")  # fmt: skip
+
+
+def _binds_connection(fields: Iterable[tuple[bytes, bytes]]) -> bool:
+    """NTLM and Negotiate authenticate the connection, not the request: never share it."""
+    for name, value in fields:
+        if name.lower() in _AUTH_FIELDS and value.split(b" ", 1)[0].lower() in _CONNECTION_AUTH:
+            return True
+    return False

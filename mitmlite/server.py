@@ -24,6 +24,7 @@ from mitmlite.connection import ConnectionEnv, TunnelPolicy, peer_name
 from mitmlite.flow import Capture, FlowSink
 from mitmlite.hooks import HookRunner
 from mitmlite.modes import Handler, handler_for
+from mitmlite.pool import PooledConnector, UpstreamPool
 from mitmlite.relay import RelayEnv
 from mitmlite.tls.contexts import upstream_context
 from mitmlite.upstream import Connector, TCPConnector
@@ -38,6 +39,9 @@ _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 1024 * 1024
 # How often the HAR file is rewritten while the proxy runs (only when new flows arrived).
 FLUSH_SECONDS = 5.0
+# An idle upstream waits this long for another client connection to the same destination;
+# servers commonly keep idle connections 60-75 s (nginx), so this stays under theirs.
+POOL_IDLE_SECONDS = 30.0
 
 Address = tuple[str, int]
 
@@ -58,11 +62,16 @@ async def serve(
     listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     limiter = trio.CapacityLimiter(config.limits.max_connections)
     serve_one = handler or handler_for(config, env)
-    async with trio.open_nursery() as nursery:
-        for listener in listeners:
-            target = connections or nursery
-            nursery.start_soon(_accept_loop, listener, limiter, env, serve_one, target)
-        task_status.started([listener.socket.getsockname()[:2] for listener in listeners])
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                target = connections or nursery
+                nursery.start_soon(_accept_loop, listener, limiter, env, serve_one, target)
+            task_status.started([listener.socket.getsockname()[:2] for listener in listeners])
+    finally:
+        if env.relay.pool is not None:  # connections still running close theirs when done
+            with trio.CancelScope(shield=True):
+                await env.relay.pool.aclose()
 
 
 async def _accept_loop(
@@ -142,8 +151,17 @@ def build_env(
     if config.upstream_proxy is not None:
         connector = ProxiedConnector(config.upstream_proxy, tls, timeouts.connect,
                                      timeouts.handshake)  # fmt: skip
+    pool = UpstreamPool(idle_limit=min(timeouts.idle, POOL_IDLE_SECONDS))
+    connector = PooledConnector(connector, pool)
     relay = RelayEnv(
-        config, connector, sink, hooks, ca=cache.root, capture=capture or Capture(), auth=auth
+        config,
+        connector,
+        sink,
+        hooks,
+        ca=cache.root,
+        capture=capture or Capture(),
+        auth=auth,
+        pool=pool,
     )
     return ConnectionEnv(relay=relay, leaves=cache, policy=policy or TunnelPolicy())
 
@@ -222,6 +240,9 @@ async def _main(
         if hooks is not None:
             with trio.CancelScope(shield=True):
                 await hooks.lifecycle("done")
+        if env.relay.pool is not None:
+            with trio.CancelScope(shield=True):
+                await env.relay.pool.aclose()
         if flush is not None:
             flush()
 

@@ -62,6 +62,11 @@ class Upstream:
     # Plain HTTP through an upstream proxy: requests go in absolute form, with its credentials.
     absolute_form: bool = False
     proxy_authorization: bytes | None = field(default=None, repr=False)
+    # Sharing across client connections (pool.py): where it goes, whether it came from the
+    # pool (so a stale one may be retried), and whether it may go back (no connection-bound auth).
+    dest: Destination | None = None
+    recycled: bool = False
+    shareable: bool = True
 
     @property
     def key(self) -> tuple[str, int]:
