@@ -43,7 +43,20 @@ import mitmlite
 
 MITMPROXY_VERSION = "11.0.2"
 DEFAULT_MITMPROXY_VENV = Path("/tmp/mitmlite-bench-mitmproxy")
-WORKLOADS = ("keepalive", "tunnels", "download", "upload", "idle")
+WORKLOADS = ("keepalive", "tunnels", "download", "upload", "idle", "hooks")
+# Issue 4's rows: keep-alive through mitmlite with hook scripts, against mitmlite without.
+HOOK_SCRIPTS = {
+    "empty": "# no hooks at all: loading a script must cost a flow nothing\n",
+    "noop": "def request(flow):\n    pass\n\n\ndef response(flow):\n    pass\n",
+    "rewrite": (
+        "def response(flow):\n"
+        "    if flow.request.path == '/page':\n"
+        "        flow.response.text = flow.response.text.replace('example', 'rewritten')\n"
+    ),
+}
+# (row workload, client workload, script names run against plain mitmlite)
+HOOK_RUNS = (("hooks", "keepalive", ("empty", "noop")), ("hooks-page", "keepalive-page",
+             ("rewrite",)))  # fmt: skip
 BODY_WORKLOADS = ("download", "upload")
 STREAMING = "stream_large_bodies=1m"
 INSTALL_TIMEOUT = 900.0
@@ -154,6 +167,9 @@ def run_workloads(
             specs = [make(workdir, origin) for make in makers]
             body_specs = [make(workdir, origin) for make in body_makers]
             for workload in workloads:
+                if workload == "hooks":
+                    run_hook_workloads(results, specs[0], workdir, origin, settings, runs)
+                    continue
                 tools = specs + (body_specs if workload in BODY_WORKLOADS else [])
                 for run in range(runs):
                     for spec in tools:
@@ -162,6 +178,53 @@ def run_workloads(
                         results.runs.setdefault((workload, spec.name), []).append(outcome)
                         progress(f"  -> {brief(outcome)}")
     return results, specs + body_specs
+
+
+def run_hook_workloads(
+    results: Results,
+    plain: ProxySpec,
+    workdir: Path,
+    origin: Origin,
+    settings: Settings,
+    runs: int,
+) -> None:
+    """Issue 4: keep-alive with hook scripts loaded, interleaved with mitmlite without."""
+    bin_dir = Path(sys.executable).parent
+    for label, client_workload, scripts in HOOK_RUNS:
+        tools = [plain] + [
+            mitmlite_spec(bin_dir, workdir, origin, (name, HOOK_SCRIPTS[name])) for name in scripts
+        ]
+        for run in range(runs):
+            for spec in tools:
+                progress(f"{label} on {spec.name} (run {run + 1}/{runs})")
+                outcome = measure(client_workload, spec, origin, settings, workdir)
+                results.runs.setdefault((label, spec.name), []).append(outcome)
+                progress(f"  -> {brief(outcome)}")
+
+
+def hook_rows(results: Results) -> list[Row]:
+    """Issue 4's rows: figures with scripts against mitmlite without, in the same run."""
+    rows: list[Row] = []
+    ran = {workload for workload, _ in results.runs}
+    if "hooks" in ran:
+        plain = results.value("hooks", "mitmlite", "per_s")
+        labels = {"empty": "an empty hook script", "noop": "no-op request+response hooks"}
+        for name, label in labels.items():
+            ours = results.value("hooks", f"mitmlite -s {name}.py", "per_s") or "failed"
+            rows.append(Row(f"keep-alive GETs, {label} (vs no script)", "req/s", ours, plain,
+                            Target(">=", 0.9, relative=True, against="no script")))  # fmt: skip
+    if "hooks-page" in ran:
+        spec = "mitmlite -s rewrite.py"
+        plain_rate = results.value("hooks-page", "mitmlite", "per_s")
+        ours = results.value("hooks-page", spec, "per_s") or "failed"
+        rows += [
+            Row("1 MiB gzip page, response hook rewrites its text (vs no script)", "req/s",
+                ours, plain_rate, None),
+            Row("  proxy CPU per rewritten page (vs no script)", "ms",
+                results.value("hooks-page", spec, "cpu_ms_per_op") or "failed",
+                results.value("hooks-page", "mitmlite", "cpu_ms_per_op"), None),
+        ]  # fmt: skip
+    return rows
 
 
 def ensure_mitmproxy(venv: Path) -> Path:
@@ -302,6 +365,7 @@ def main(argv: list[str]) -> int:
     settings = settings_from(args)
     load_before = load_average()
     rows: list[Row] = []
+    hook_table: list[Row] = []
     notes: list[str] = []
     if args.only in (None, "ca"):
         progress("CA rows")
@@ -311,6 +375,7 @@ def main(argv: list[str]) -> int:
         makers, body_makers, names = makers_from(args)
         results, specs = run_workloads(makers, body_makers, settings, args.runs, args.workloads)
         rows += proxy_rows(results, names, settings)
+        hook_table = hook_rows(results)
         notes += [f"- {spec.name}: started with `{' '.join(spec.argv(0))}`" for spec in specs]
         notes += [f"- failed: {failure}" for failure in results.failures()]
         notes += [
@@ -324,6 +389,9 @@ def main(argv: list[str]) -> int:
     print(f"Load average at start: {load_before}; at end: {load_average()}")
     print()
     print(render_table(rows))
+    if hook_table:
+        print()
+        print(render_table(hook_table, "with script", "mitmlite, no script"))
     if notes:
         print()
         print("\n".join(notes))

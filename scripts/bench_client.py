@@ -29,7 +29,7 @@ HOST = "127.0.0.1"
 SOCKET_TIMEOUT = 20.0
 CHUNK = 1 << 20
 MAX_HEAD = 64 * 1024
-WORKLOADS = ("warm", "keepalive", "tunnels", "download", "upload", "idle")
+WORKLOADS = ("warm", "keepalive", "keepalive-page", "tunnels", "download", "upload", "idle")
 
 
 class BenchError(Exception):
@@ -240,6 +240,24 @@ def run_keepalive(setup: Setup, meters: Meters, args: argparse.Namespace) -> dic
         conn.close()
 
 
+def run_keepalive_page(setup: Setup, meters: Meters, args: argparse.Namespace) -> dict[str, float]:
+    """Sequential GETs of the 1 MiB gzip page on one tunnel (a hook may change its size)."""
+    conn = open_tunnel(setup)
+    request = setup.request("GET", "/page")
+    try:
+        conn.exchange(request, 200, None)
+        count = 0
+        received = 0
+        start = meters.start()
+        deadline = start.wall + args.duration
+        while time.perf_counter() < deadline:
+            received += conn.exchange(request, 200, None)
+            count += 1
+        return meters.stop(start, count=count, bytes=received)
+    finally:
+        conn.close()
+
+
 def run_tunnels(setup: Setup, meters: Meters, args: argparse.Namespace) -> dict[str, float]:
     """New tunnels back to back: CONNECT, TLS handshake, one small GET, close."""
     request = setup.request("GET", "/small")
@@ -305,6 +323,7 @@ def run_idle(setup: Setup, meters: Meters, args: argparse.Namespace) -> dict[str
 RUNNERS: dict[str, Callable[[Setup, Meters, argparse.Namespace], dict[str, float]]] = {
     "warm": run_warm,
     "keepalive": run_keepalive,
+    "keepalive-page": run_keepalive_page,
     "tunnels": run_tunnels,
     "download": run_download,
     "upload": run_upload,

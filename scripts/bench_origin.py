@@ -9,6 +9,7 @@ fresh trustme CA whose certificate the proxies are told to trust.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import socket
@@ -64,9 +65,16 @@ def wait_for_port(port: int, timeout: float, alive: subprocess.Popen[bytes]) -> 
     raise RuntimeError(f"not listening on port {port} after {timeout:g} s")
 
 
+GZIP_PAGE_SIZE = 1 << 20  # the decoded size of /page
+
+
 def write_files(root: Path, big_size: int) -> None:
     """The static files: 1 KiB of text and ``big_size`` bytes that do not compress."""
     (root / "small").write_bytes(b"x" * (SMALL_SIZE - 1) + b"\n")
+    # The hook row's page: 1 MiB of HTML stored gzip-compressed, as a CDN would serve it.
+    paragraph = b"<p>mitmlite rewrites this paragraph of example text in a hook.</p>\n"
+    html = b"<html><body>\n" + paragraph * (GZIP_PAGE_SIZE // len(paragraph)) + b"</body></html>\n"
+    (root / "page").write_bytes(gzip.compress(html[:GZIP_PAGE_SIZE], compresslevel=6))
     block = os.urandom(1 << 20)
     with (root / "big").open("wb") as out:
         remaining = big_size
@@ -102,6 +110,11 @@ http {{
         ssl_certificate_key {prefix}/origin-key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
         root {prefix}/www;
+        location = /page {{
+            types {{ }}
+            default_type "text/html; charset=utf-8";
+            add_header Content-Encoding gzip;
+        }}
         location = /upload {{
             client_max_body_size 0;
             client_body_buffer_size {buffer};

@@ -74,16 +74,29 @@ class Settings:
     idle_tunnels: int
 
 
-def mitmlite_spec(bin_dir: Path, workdir: Path, origin: Origin) -> ProxySpec:
-    """mitmlite with its defaults, trusting the origin's CA, its CA home in ``workdir``."""
+def mitmlite_spec(
+    bin_dir: Path, workdir: Path, origin: Origin, script: tuple[str, str] | None = None
+) -> ProxySpec:
+    """mitmlite with its defaults, trusting the origin's CA, its CA home in ``workdir``.
+
+    ``script`` is (name, source) of a hook script to load with ``-s``.
+    """
     home = workdir / "mitmlite-home"
     exe = str(bin_dir / "mitmlite")
+    extra: list[str] = []
+    name = "mitmlite"
+    if script is not None:
+        path = workdir / f"{script[0]}.py"
+        path.write_text(script[1])
+        extra = ["-s", str(path)]
+        name = f"mitmlite -s {path.name}"
 
     def argv(port: int) -> list[str]:
         listen = f"127.0.0.1:{port}"
-        return [exe, "-q", "--listen", listen, "--upstream-ca", str(origin.ca_file)]
+        return [exe, "-q", "--listen", listen, "--upstream-ca", str(origin.ca_file), *extra]
 
-    return ProxySpec("mitmlite", argv, home / "rootCA.pem", env={"MITMLITE_HOME": str(home)})
+    env = {"MITMLITE_HOME": str(home)}
+    return ProxySpec(name, argv, home / "rootCA.pem", env=env)
 
 
 def mitmdump_spec(venv: Path, extra: list[str], workdir: Path, origin: Origin) -> ProxySpec:

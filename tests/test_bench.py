@@ -70,3 +70,27 @@ def test_client_parses_a_response_head() -> None:
     status, headers = parse_head(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: b")
     assert status == 204
     assert headers == {b"content-length": b"0", b"x-a": b"b"}
+
+
+def test_hook_rows_compare_with_mitmlite_without_scripts() -> None:
+    from bench import Results, hook_rows
+
+    results = Results(
+        {
+            ("hooks", "mitmlite"): [{"per_s": 1000.0}],
+            ("hooks", "mitmlite -s empty.py"): [{"per_s": 950.0}],
+            ("hooks", "mitmlite -s noop.py"): [{"per_s": 800.0}],
+            ("hooks-page", "mitmlite"): [{"per_s": 500.0, "cpu_ms_per_op": 1.0}],
+            ("hooks-page", "mitmlite -s rewrite.py"): [{"per_s": 90.0, "cpu_ms_per_op": 11.0}],
+        }
+    )
+    rows = hook_rows(results)
+    table = render_table(rows, "with script", "mitmlite, no script")
+    lines = table.splitlines()
+    assert lines[0].startswith("| workload | with script | mitmlite, no script |")
+    empty, noop = lines[2], lines[3]
+    assert "empty hook script" in empty
+    assert verdict_of(empty) == "yes"  # 0.95x is within 10 %
+    assert verdict_of(noop) == "NO"  # 0.8x is not: the twin
+    assert ">= 0.9x no script" in empty
+    assert "11.0 ms" in lines[5] or "11.00 ms" in lines[5]
