@@ -202,7 +202,10 @@ async def _intercept(
     offered: tuple[str, ...] = (),
 ) -> None:
     dest = Destination(target.host, target.port, tls=True, server_name=server_name)
-    if not _may_preconnect(env, dest):
+    pool = env.relay.pool
+    pooled = pool is not None and pool.has(dest) and not env.policy.upstream_cert
+    if pooled or not _may_preconnect(env, dest):
+        # Nothing to overlap when a pooled connection is waiting: the first request takes it.
         context = _leaf_context(env, name, target, server_name)
         if context is not None:
             tls = _server_tls(stream, context)

@@ -44,6 +44,10 @@ class UpstreamPool:
     def __len__(self) -> int:
         return self._count
 
+    def has(self, dest: Destination) -> bool:
+        """Whether an idle connection to ``dest`` is waiting (it may still turn out closed)."""
+        return dest in self._idle
+
     def take(self, dest: Destination) -> Upstream | None:
         """An idle connection to ``dest`` that is still open, or None."""
         entries = self._idle.get(dest)
