@@ -883,9 +883,11 @@ class Relay:
         timings = record.timings
         if connect_start is None:  # a reused connection: no set-up time for this flow
             timings.connect_start = timings.tcp_end = timings.tls_end = None
+        elif upstream.opened is not None:  # the connector's own stamps (TCP, then TLS)
+            timings.connect_start, timings.tcp_end, timings.tls_end = upstream.opened
         else:
-            # The connector does TCP and TLS in one call, so the whole set-up counts as
-            # connect; tls_end stays unknown (HAR's ssl -1) rather than made up.
+            # A connector without stamps: the whole set-up counts as connect, and tls_end
+            # stays unknown (HAR's ssl -1) rather than made up.
             timings.connect_start = connect_start
             timings.tcp_end = time.monotonic()
             timings.tls_end = None

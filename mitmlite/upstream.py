@@ -67,6 +67,8 @@ class Upstream:
     dest: Destination | None = None
     recycled: bool = False
     shareable: bool = True
+    # Monotonic stamps of opening it, for HAR timings: started, TCP connected, TLS done.
+    opened: tuple[float, float, float | None] | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -153,7 +155,9 @@ class TCPConnector:
     sessions: SessionCache = field(default_factory=SessionCache, compare=False)
 
     async def __call__(self, dest: Destination) -> Upstream:
+        started = time.monotonic()
         tcp = await open_tcp(dest.host, dest.port, self.connect_timeout)
+        connected = time.monotonic()
         stream: trio.abc.Stream = tcp
         if dest.tls:
             server_name = dest.server_name or dest.host
@@ -170,7 +174,9 @@ class TCPConnector:
             stream = tls
         verified = not dest.tls or self.tls_context.verify_mode != ssl.CERT_NONE
         conn = h11.Connection(h11.CLIENT)
-        return Upstream(dest.host, dest.port, stream, conn, tcp, verified=verified)
+        upstream = Upstream(dest.host, dest.port, stream, conn, tcp, verified=verified)
+        upstream.opened = (started, connected, time.monotonic() if dest.tls else None)
+        return upstream
 
 
 def resolve_host(host: str) -> str:

@@ -10,6 +10,7 @@ credentials. A proxy that refuses becomes a 502 naming the proxy and its answer.
 from __future__ import annotations
 
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -35,6 +36,7 @@ class ProxiedConnector:
 
     async def __call__(self, dest: Destination) -> Upstream:
         proxy = self.proxy
+        started = time.monotonic()
         tcp = await _open(proxy, self.connect_timeout)
         try:
             stream: trio.abc.Stream = tcp
@@ -46,6 +48,7 @@ class ProxiedConnector:
                 return Upstream(dest.host, dest.port, stream, conn, tcp, absolute_form=True,
                                 proxy_authorization=proxy.authorization)  # fmt: skip
             await _connect_through(stream, dest, proxy, self.handshake_timeout)
+            tunnelled = time.monotonic()
             verified = True
             if dest.tls:
                 server_name = dest.server_name or dest.host
@@ -59,8 +62,11 @@ class ProxiedConnector:
         except BaseException:
             await trio.aclose_forcefully(tcp)
             raise
-        return Upstream(dest.host, dest.port, stream, h11.Connection(h11.CLIENT), tcp,
-                        verified=verified)  # fmt: skip
+        upstream = Upstream(dest.host, dest.port, stream, h11.Connection(h11.CLIENT), tcp,
+                            verified=verified)  # fmt: skip
+        # Reaching the origin through the proxy counts as TCP; its TLS as TLS.
+        upstream.opened = (started, tunnelled, time.monotonic() if dest.tls else None)
+        return upstream
 
 
 async def _open(proxy: UpstreamProxy, limit: float) -> trio.SocketStream:
