@@ -324,6 +324,10 @@ def cli(ctx: click.Context, /, **options: Any) -> None:
     )
     hooks = load_hooks(config, log)
     auth = parse_proxy_auth(options["proxy_auth"]) if options["proxy_auth"] else None
+    if auth is not None and config.reverse is not None:
+        # A reverse proxy's clients do not send Proxy-Authorization; accepting the option
+        # would leave the user believing it protects something.
+        raise ConfigError("--proxy-auth applies to the forward proxy, not --mode reverse")
     policy = tunnel_policy(options)
     har_path: Path | None = options["har_path"]
     if har_path is None:
@@ -335,7 +339,15 @@ def cli(ctx: click.Context, /, **options: Any) -> None:
     capture = merged_capture(log.capture, har.capture)
     sinks = Fanout([log, har])
     env = build_env(config, cache, sinks, hooks, capture=capture, auth=auth, policy=policy)
-    run(config, loaded, env, flush=lambda: har.flush_if_dirty(har_path))
+
+    def flush() -> None:
+        # A full disk or a removed directory must not stop the proxy: say so and go on.
+        try:
+            har.flush_if_dirty(har_path)
+        except OSError as exc:
+            log.event("har", f"error: cannot write {har_path}: {exc.strerror or exc}")
+
+    run(config, loaded, env, flush=flush)
 
 
 def load_hooks(config: Config, log: LineLog) -> HookRunner | None:

@@ -109,7 +109,8 @@ class PooledConnector:
 
     async def __call__(self, dest: Destination) -> Upstream:
         upstream = self.pool.take(dest)
-        await self.pool.close_doomed()
+        with trio.CancelScope(shield=True):  # a cancel here must not strand what take() handed out
+            await self.pool.close_doomed()
         if upstream is not None:
             return upstream
         upstream = await self.connect(dest)

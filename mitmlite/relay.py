@@ -125,6 +125,7 @@ class _Streamed:
 
 
 _Body = _Buffered | _Streamed
+_RESPONDED = "mitmlite.responded"  # in flow.metadata while the relay runs the flow
 _Route = tuple[Destination, bytes, list[tuple[bytes, bytes]]]  # where, origin-form target, fields
 
 
@@ -164,6 +165,7 @@ class Relay:
         self._capture = env.capture if env.capture.enabled else None
         self._seen_bytes = False  # a proxy-facing connection's first bytes are checked for TLS
         self._record = FlowRecord("", "", "", 0.0)  # the current exchange's, set by cycle()
+        self._request: h11.Request | None = None  # the client's current request, as received
 
     async def run(self, first: h11.Request | None = None) -> h11.Request | None:
         """Serve requests; returns a CONNECT request met on a plain proxy connection, else None."""
@@ -217,13 +219,14 @@ class Relay:
                             reason=reason_phrase(407))  # fmt: skip
         try:
             with trio.move_on_after(self.timeouts.handshake):
-                await self._send_client(head, h11.Data(data=body), h11.EndOfMessage())
-        except ClientError:
+                await self._send_client(*_error_events(head, body, request))
+        except (ClientError, h11.LocalProtocolError):
             pass
         self.env.sink.flow(record)
 
     async def _receive_request(self) -> h11.Request | None:
         """The next request, or None after answering a bad or slow one with its 4xx."""
+        self._request = None
         try:
             return await self.next_request()
         except MitmliteError as exc:
@@ -236,6 +239,9 @@ class Relay:
         if self.conn.our_state is not h11.IDLE:
             return None
         started = bool(self.conn.trailing_data[0])
+        # One deadline for the whole head, from its first byte: a client that trickles a byte
+        # at a time must not restart the clock with each one (slowloris).
+        head_deadline = trio.current_time() + self.timeouts.request_header
         while True:
             event = self._next_client_event()
             if isinstance(event, h11.Request):
@@ -244,7 +250,8 @@ class Relay:
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed, or PAUSED after a protocol switch
             deadline = self.timeouts.request_header if started else self.timeouts.idle
-            with trio.move_on_after(deadline) as scope:
+            wait_until = head_deadline if started else trio.current_time() + self.timeouts.idle
+            with trio.move_on_at(wait_until) as scope:
                 with self.env.idle.waiting(scope) if not started else nullcontext():
                     try:
                         data = await receive_batch(self.client, self.read_size)
@@ -258,6 +265,8 @@ class Relay:
                                 "http:// proxy URL, or start mitmlite with --listen-tls"
                             )
                     self.conn.receive_data(cast(bytes, data))
+                    if not started:
+                        head_deadline = trio.current_time() + self.timeouts.request_header
                     started = True
                     continue
             if started:
@@ -289,6 +298,7 @@ class Relay:
             started=time.monotonic(),
         )
         self._record = record
+        self._request = request
         if self._capture is not None:
             self._start_capture(record, request)
         try:
@@ -315,10 +325,13 @@ class Relay:
         head = h11.Response(
             status_code=exc.status, headers=headers, reason=reason_phrase(exc.status)
         )
+        # A HEAD answer carries no body (RFC 9110 §9.3.2); h11 would refuse to write it.
+        events = _error_events(head, body, self._request)
         try:
             with trio.move_on_after(self.timeouts.handshake):
-                await self._send_client(head, h11.Data(data=body), h11.EndOfMessage())
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+                await self._send_client(*events)
+        except (ClientError, trio.BrokenResourceError, trio.ClosedResourceError,
+                h11.LocalProtocolError):  # fmt: skip
             pass
 
     async def _exchange(self, request: h11.Request, record: FlowRecord) -> None:
@@ -646,16 +659,21 @@ class Relay:
             client=dataclasses.replace(self._client_info()),
         )
         flow.timestamps.request_start = record.started
-        ended = False
         try:
-            ended = await self._hooked_flow(hooks, flow, dest, upgrade, record)
+            try:
+                await self._hooked_flow(hooks, flow, dest, upgrade, record)
+            except h11.LocalProtocolError as exc:  # framing a script's changes made impossible
+                raise HookOutputError(
+                    f"a script left a message that cannot be sent: {exc}"
+                ) from exc
         except MitmliteError as exc:
-            if not ended:
+            if not flow.metadata.pop(_RESPONDED, False):
                 flow.error = str(exc)
                 record.error = flow.error
                 await hooks.run("error", flow)
             raise
         finally:
+            flow.metadata.pop(_RESPONDED, None)
             record.url = flow.request.url
 
     async def _hooked_flow(
@@ -698,7 +716,8 @@ class Relay:
             flow.timestamps.request_end = time.monotonic()
             await self._run_hook(hooks, "request", flow)  # after the fact: the body has gone
         flow.server = self._server_info(upstream)
-        return await self._hooked_response(hooks, flow, upstream, head, record, upgrade)
+        sent = outgoing.method.decode("ascii")  # what the upstream frames its answer by
+        return await self._hooked_response(hooks, flow, upstream, head, record, upgrade, sent)
 
     async def _hooked_response(
         self,
@@ -708,6 +727,7 @@ class Relay:
         head: h11.Response | h11.InformationalResponse,
         record: FlowRecord,
         upgrade: bool,
+        sent_method: str = "GET",
     ) -> bool:
         while isinstance(head, h11.InformationalResponse):
             if head.status_code == 101 and upgrade:
@@ -724,10 +744,14 @@ class Relay:
         if flow.response is not resp:  # replaced by a script: the origin's body is not wanted
             await self._drop(upstream)
             return await self._send_final(hooks, flow, record)
-        if not messages.response_has_body(flow.request.method, resp.status_code):
+        if not messages.response_has_body(sent_method, resp.status_code):
             await self._read_bodyless_end(upstream)
             resp.raw_content = b""
             return await self._send_final(hooks, flow, record, finish=upstream)
+        if self._client_method() == "HEAD":  # a script turned the client's HEAD into a GET
+            await self._drop(upstream)  # its body is not wanted, and cannot be sent to a HEAD
+            resp.raw_content = b""
+            return await self._send_final(hooks, flow, record)
         if resp.stream is False and hooks.wants("response") and not messages.is_event_stream(resp):
             chunks, complete = await self._buffer_upstream_body(upstream)
             if complete:
@@ -775,7 +799,8 @@ class Relay:
         if resp is None:  # a script removed the response it was given: that cannot be sent
             raise HookOutputError("a script set flow.response to None")
         body = resp.raw_content or b""
-        if messages.response_has_body(flow.request.method, resp.status_code):
+        # The client's own method frames what it reads, whatever a script made of the request.
+        if messages.response_has_body(self._client_method(), resp.status_code):
             fields = messages.framed_for_body(resp.headers, body, had_body=True)
         else:
             fields, body = list(resp.headers.fields), b""
@@ -792,7 +817,12 @@ class Relay:
             await self._finish_upstream(finish)
         return True
 
+    def _client_method(self) -> str:
+        return self._request.method.decode("ascii") if self._request is not None else "GET"
+
     async def _run_hook(self, hooks: HookRunner, name: str, flow: Flow) -> None:
+        if name == "response":
+            flow.metadata.setdefault(_RESPONDED, True)  # the flow has ended: no error hook now
         await hooks.run(name, flow)
         if flow.killed:
             raise FlowKilledError(f"killed by a script in its {name} hook")
@@ -881,10 +911,11 @@ class Relay:
         if info.tls_version is not None:
             record.server_tls = (info.tls_version, info.cipher)
         timings = record.timings
-        if connect_start is None:  # a reused connection: no set-up time for this flow
-            timings.connect_start = timings.tcp_end = timings.tls_end = None
-        elif upstream.opened is not None:  # the connector's own stamps (TCP, then TLS)
+        if upstream.opened is not None:  # the connector's own stamps, for its first flow only
             timings.connect_start, timings.tcp_end, timings.tls_end = upstream.opened
+            upstream.opened = None
+        elif connect_start is None:  # a reused connection: no set-up time for this flow
+            timings.connect_start = timings.tcp_end = timings.tls_end = None
         else:
             # A connector without stamps: the whole set-up counts as connect, and tls_end
             # stays unknown (HAR's ssl -1) rather than made up.
@@ -1067,6 +1098,17 @@ _AUTH_FIELDS = (b"authorization", b"www-authenticate", b"proxy-authorization",
 def _binds_connection(fields: Iterable[tuple[bytes, bytes]]) -> bool:
     """NTLM and Negotiate authenticate the connection, not the request: never share it."""
     for name, value in fields:
-        if name.lower() in _AUTH_FIELDS and value.split(b" ", 1)[0].lower() in _CONNECTION_AUTH:
+        if name.lower() not in _AUTH_FIELDS:
+            continue
+        # Challenges may share one field ("Basic realm=x, NTLM"): look at every scheme token.
+        tokens = value.replace(b",", b" ").lower().split()
+        if any(token in _CONNECTION_AUTH for token in tokens):
             return True
     return False
+
+
+def _error_events(head: h11.Response, body: bytes, request: h11.Request | None) -> list[h11.Event]:
+    """An error answer as h11 events: the body left out for a HEAD request."""
+    if request is not None and request.method == b"HEAD":
+        return [head, h11.EndOfMessage()]
+    return [head, h11.Data(data=body), h11.EndOfMessage()]

@@ -78,6 +78,8 @@ class Upstream:
         """True when the connection is idle and the server has not closed it meanwhile."""
         if self.conn.our_state is not h11.IDLE or self.conn.their_state is not h11.IDLE:
             return False
+        if self.conn.trailing_data[0]:
+            return False  # bytes past the last response (a body after HEAD): never a next answer
         return self.tcp is None or not _readable(self.tcp)
 
 
@@ -200,6 +202,8 @@ async def open_tcp(host: str, port: int, limit: float) -> trio.SocketStream:
         raise UpstreamTimeoutError(f"connecting to {where} timed out after {limit:g} s") from exc
     except OSError as exc:
         raise UpstreamError(f"cannot connect to {where}: {_os_reason(exc)}") from exc
+    except (UnicodeError, ValueError, OverflowError) as exc:  # IDNA refusals, a port past 65535
+        raise UpstreamError(f"cannot connect to {where}: invalid host name or port") from exc
 
 
 def _is_ip_address(host: str) -> bool:
@@ -350,6 +354,9 @@ class Preconnect:
         upstream, self._upstream = self._upstream, None
         if upstream is None:  # the origin closed it before the first request came
             return await self.connect(dest)
+        # Opened before the request: should the origin close it once the watch has ended, the
+        # relay may retry on a fresh connection, as for a reused one.
+        upstream.recycled = True
         return upstream
 
     async def certificate_names(self) -> list[str]:

@@ -19,6 +19,7 @@ import trio
 
 from mitmlite.config import UpstreamProxy
 from mitmlite.errors import UpstreamError, UpstreamTimeoutError
+from mitmlite.streams import PrefixedStream
 from mitmlite.upstream import Destination, SessionCache, Upstream, open_tcp, start_tls
 
 _REPLY_LIMIT = 64 * 1024  # a CONNECT answer's head and body, read only to explain a refusal
@@ -47,7 +48,9 @@ class ProxiedConnector:
                 conn = h11.Connection(h11.CLIENT)
                 return Upstream(dest.host, dest.port, stream, conn, tcp, absolute_form=True,
                                 proxy_authorization=proxy.authorization)  # fmt: skip
-            await _connect_through(stream, dest, proxy, self.handshake_timeout)
+            leftover = await _connect_through(stream, dest, proxy, self.handshake_timeout)
+            if leftover:  # a server-speaks-first banner that came with the proxy's 200
+                stream = PrefixedStream(stream, leftover)
             tunnelled = time.monotonic()
             verified = True
             if dest.tls:
@@ -80,8 +83,8 @@ async def _open(proxy: UpstreamProxy, limit: float) -> trio.SocketStream:
 
 async def _connect_through(
     stream: trio.abc.Stream, dest: Destination, proxy: UpstreamProxy, limit: float
-) -> None:
-    """Ask the proxy for a tunnel to ``dest``; return once it answered 2xx."""
+) -> bytes:
+    """Ask the proxy for a tunnel to ``dest``; once it answered 2xx, the bytes read past it."""
     host = f"[{dest.host}]" if ":" in dest.host else dest.host
     authority = f"{host}:{dest.port}".encode("ascii")
     headers = [(b"Host", authority)]
@@ -101,7 +104,7 @@ async def _connect_through(
     except h11.RemoteProtocolError as exc:
         raise UpstreamError(f"{where} sent a malformed answer to CONNECT: {exc}") from exc
     if 200 <= reply.status_code < 300:
-        return
+        return conn.trailing_data[0]
     reason = reply.reason.decode("latin-1", "replace")
     hint = "; put credentials in the --upstream-proxy URL" if reply.status_code == 407 else ""
     raise UpstreamError(

@@ -141,6 +141,7 @@ def test_bad_mode_and_cert_exit_2(tmp_path: Path) -> None:
         (["--mode", "reverse:https://x/path"], "no path"),
         (["--listen-tls", "--cert", str(tmp_path / "absent.pem")], "cannot use --cert"),
         (["--key", "k.pem"], "--key needs --cert"),
+        (["--mode", "reverse:https://x", "--proxy-auth", "u:p"], "not --mode reverse"),
     ]:
         cmd = [sys.executable, "-m", "mitmlite", "--listen", "127.0.0.1:0", *args]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30,

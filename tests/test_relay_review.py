@@ -1,0 +1,128 @@
+"""Edge cases found in review: HEAD errors, trickled heads, scripts changing the method,
+the response/error promise, and connections with bytes left over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h11
+import pytest
+import trio
+import trio.testing
+
+from mitmlite.config import Config, Timeouts
+from mitmlite.errors import UpstreamError
+from mitmlite.upstream import Upstream, open_tcp
+from tests.scripting import isolated_imports  # noqa: F401 - autouse fixture
+from tests.test_relay import start_relay
+from tests.test_relay_hooks import start
+
+
+async def test_a_head_request_that_fails_gets_its_502_head_without_a_body(
+    nursery: trio.Nursery,
+) -> None:
+    relay = await start_relay(nursery, fixed=None)
+    relay.connector.fail_with = UpstreamError("cannot connect to gone.test:80: refused")
+    await relay.client.send(
+        h11.Request(method="HEAD", target="http://gone.test/", headers=[(b"Host", b"gone.test")]),
+        h11.EndOfMessage(),
+    )
+    head, body, _ = await relay.client.response()
+    assert (head.status_code, body) == (502, b"")
+    # The twin: a GET gets the reason in the body.
+    relay2 = await start_relay(nursery, fixed=None)
+    relay2.connector.fail_with = UpstreamError("cannot connect to gone.test:80: refused")
+    head, body = await relay2.client.get(b"http://gone.test/", [(b"Host", b"gone.test")])
+    assert (head.status_code, body) == (502, b"cannot connect to gone.test:80: refused\n")
+
+
+async def test_a_head_trickled_byte_by_byte_still_times_out(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = Config(timeouts=Timeouts(request_header=3))
+    relay = await start_relay(nursery, config=config)
+    started = trio.current_time()
+    for byte in b"GET / HTTP/1.1\r\nHost: site.test\r\nX-Slow: " + b"a" * 50:
+        try:
+            await relay.raw.send_all(bytes([byte]))
+        except trio.BrokenResourceError:
+            break
+        await trio.sleep(1)  # each byte well inside the timeout: only a total deadline stops it
+    reply = await relay.raw.receive_some(65536)
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert trio.current_time() - started < 10
+
+
+async def test_a_script_turning_head_into_get_sends_no_body_to_the_head_client(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    relay = await start(nursery, tmp_path, "def request(flow):\n    flow.request.method = 'GET'\n")
+    await relay.client.send(
+        h11.Request(method="HEAD", target="/bytes/100", headers=[(b"Host", b"site.test")]),
+        h11.EndOfMessage(),
+    )
+    head, body, _ = await relay.client.response()
+    assert (head.status_code, body) == (200, b"")
+    relay.client.conn.start_next_cycle()
+    head, body = await relay.client.get(b"/after")  # the connection survived
+    assert body == b"origin /after"
+
+
+async def test_a_script_turning_get_into_head_still_frames_the_get(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    relay = await start(
+        nursery,
+        tmp_path,
+        """
+        def request(flow):
+            if flow.request.path == "/bytes/100":
+                flow.request.method = "HEAD"
+        """,
+    )
+    head, body = await relay.client.get(b"/bytes/100")
+    assert (head.status_code, body) == (200, b"")
+    assert [v for n, v in head.headers.raw_items() if n.lower() == b"content-length"] == [b"0"]
+    head, body = await relay.client.get(b"/after")
+    assert body == b"origin /after"
+
+
+async def test_a_flow_whose_response_hook_ran_gets_no_error_hook(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    relay = await start(
+        nursery,
+        tmp_path,
+        """
+        calls = []
+        def response(flow):
+            calls.append("response")
+            flow.response.headers["X-Bad"] = "a\\r\\nb: c"
+        def error(flow):
+            calls.append("error")
+        """,
+    )
+    head, _ = await relay.client.get(b"/x")
+    assert head.status_code == 500
+    assert relay.module("calls") == ["response"]
+
+
+async def test_an_upstream_with_bytes_past_its_response_is_not_reused() -> None:
+    near, _far = trio.testing.memory_stream_pair()
+    upstream = Upstream("site.test", 443, near, h11.Connection(h11.CLIENT))
+    conn = upstream.conn
+    conn.send(h11.Request(method="HEAD", target="/", headers=[(b"Host", b"site.test")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    assert isinstance(conn.next_event(), h11.Response)
+    assert isinstance(conn.next_event(), h11.EndOfMessage)
+    conn.start_next_cycle()
+    assert not upstream.reusable()
+    clean = Upstream("site.test", 443, near, h11.Connection(h11.CLIENT))
+    assert clean.reusable()  # the twin: nothing left over
+
+
+async def test_an_invalid_host_is_an_upstream_error_not_a_crash() -> None:
+    for host in ("a..b.test", "x" * 64 + ".test"):
+        with pytest.raises(UpstreamError, match="cannot connect to"):
+            await open_tcp(host, 80, 1)
