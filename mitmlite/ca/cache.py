@@ -10,6 +10,7 @@ across threads (single flight).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ssl
@@ -41,6 +42,11 @@ Clock = Callable[[], dt.datetime]
 # A leaf with less than this left is replaced, so no client ever sees one expire mid-session.
 REMINT_MARGIN = dt.timedelta(days=7)
 DEFAULT_MAX_HOSTS = 1000
+# Leaf files kept beside the CA (reused after a restart); checked every PRUNE_EVERY mints.
+# A client may send any name it likes (a reverse proxy facing the internet sees many), so the
+# directory is bounded like the in-memory cache, oldest files first.
+MAX_LEAF_FILES = 5000
+PRUNE_EVERY = 100
 # Names copied from an upstream certificate into a leaf; CDNs list hundreds, clients need few.
 MAX_EXTRA = 100
 
@@ -72,11 +78,13 @@ class LeafCache:
         *,
         max_hosts: int = DEFAULT_MAX_HOSTS,
         clock: Clock = utc_now,
+        max_files: int = MAX_LEAF_FILES,
     ) -> None:
         self.root = root
         self.directory = directory
         self.max_hosts = max_hosts
         self.clock = clock
+        self.max_files = max_files
         self.mints = 0
         self._entries: OrderedDict[str, CachedLeaf] = OrderedDict()
         self._lock = threading.Lock()
@@ -123,7 +131,22 @@ class LeafCache:
                 serialization.Encoding.PEM
             )
             write_file(path, chain, mode=0o600, durable=False)
+            if self.mints % PRUNE_EVERY == 0:
+                self._prune_files()
         return CachedLeaf(cert=cert, context=leaf_context(path, self.key_path))
+
+    def _prune_files(self) -> None:
+        """Keep the newest ``max_files`` leaf files: any name a client sends mints one."""
+        try:
+            files = [(p.stat().st_mtime, p) for p in self.directory.glob("*.chain.pem")]
+        except OSError:
+            return
+        if len(files) <= self.max_files:
+            return
+        files.sort()
+        for _, path in files[: len(files) - self.max_files]:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _reusable(
         self, path: Path, name: LeafName, extra: tuple[LeafName, ...], now: dt.datetime

@@ -4,6 +4,7 @@ handshakes that a strict Python client and curl accept."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import stat
 import subprocess
 import threading
@@ -296,3 +297,23 @@ def test_leaves_with_extra_names_are_reused_after_a_restart(tmp_path: Path, root
     assert second.mints == 0
     second.leaf_for("a.test", ["c.test"])  # other names: another leaf, another file
     assert second.mints == 1
+
+
+def test_leaf_files_are_bounded_oldest_first(
+    tmp_path: Path, root: RootCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mitmlite.ca.cache.PRUNE_EVERY", 5)
+    cache = LeafCache(root, tmp_path / "leaves", max_files=3)
+    for index in range(5):
+        cache.context_for(f"h{index}.test")
+        path = tmp_path / "leaves" / f"h{index}.test.chain.pem"
+        os.utime(path, (1_000_000 + index, 1_000_000 + index))  # distinct, ordered mtimes
+    files = sorted(p.name for p in (tmp_path / "leaves").glob("*.chain.pem"))
+    assert files == ["h2.test.chain.pem", "h3.test.chain.pem", "h4.test.chain.pem"]
+
+
+def test_leaf_files_under_the_bound_are_kept(tmp_path: Path, root: RootCA) -> None:
+    cache = LeafCache(root, tmp_path / "leaves", max_files=3)
+    for index in range(3):
+        cache.context_for(f"k{index}.test")
+    assert len(list((tmp_path / "leaves").glob("*.chain.pem"))) == 3
