@@ -20,6 +20,7 @@ import h11
 import trio
 
 from mitmlite.ca.cache import LeafCache
+from mitmlite.config import Config
 from mitmlite.errors import ClientError, MitmliteError
 from mitmlite.flow import ClientHelloData
 from mitmlite.http1 import ConnectTarget, classify_request, error_response, reason_phrase
@@ -176,21 +177,51 @@ async def _read_client_hello(
 ) -> tuple[ClientHello | None, bytes]:
     """Read until the whole ClientHello is in ``data``; None (logged) when it is malformed."""
     try:
-        with trio.fail_after(env.relay.config.timeouts.handshake):
-            while not isinstance(hello := parse_client_hello(data), ClientHello):
-                if len(data) > 2 * MAX_HELLO_LENGTH:
-                    raise ClientError("ClientHello is larger than 128 KiB")
-                more = await stream.receive_some(env.relay.config.limits.read_size)
-                if not more:
-                    raise ClientError("client closed the connection inside its ClientHello")
-                data += more
-    except trio.TooSlowError:
-        env.relay.sink.event(name, f"{target.authority} error: ClientHello not received in time")
-        return None, data
+        return await read_client_hello(stream, data, env.relay.config)
     except ClientError as exc:
         env.relay.sink.event(name, f"{target.authority} error: {exc}")
         return None, data
+
+
+async def first_bytes(stream: trio.abc.Stream, config: Config) -> bytes:
+    """A new client's first bytes; empty when it closes or stays silent for the handshake time."""
+    with trio.move_on_after(config.timeouts.handshake):
+        return bytes(await stream.receive_some(config.limits.read_size))
+    return b""
+
+
+async def read_client_hello(
+    stream: trio.abc.Stream, data: bytes, config: Config
+) -> tuple[ClientHello, bytes]:
+    """Read until the whole ClientHello is in ``data``: the hello and every byte read so far.
+
+    Raises ClientError when it is malformed, over 128 KiB, cut short or not complete within the
+    handshake timeout.
+    """
+    try:
+        with trio.fail_after(config.timeouts.handshake):
+            while not isinstance(hello := parse_client_hello(data), ClientHello):
+                if len(data) > 2 * MAX_HELLO_LENGTH:
+                    raise ClientError("ClientHello is larger than 128 KiB")
+                more = await stream.receive_some(config.limits.read_size)
+                if not more:
+                    raise ClientError("client closed the connection inside its ClientHello")
+                data += more
+    except trio.TooSlowError as exc:
+        raise ClientError("ClientHello not received in time") from exc
     return hello, data
+
+
+async def server_handshake(tls: trio.SSLStream[Any], seconds: float) -> str | None:
+    """Take a client's TLS handshake: None when done, else why not ("timed out", "failed")."""
+    try:
+        with trio.fail_after(seconds):
+            await tls.do_handshake()
+    except trio.TooSlowError:
+        return "timed out"
+    except trio.BrokenResourceError:
+        return "failed"
+    return None
 
 
 async def _intercept(

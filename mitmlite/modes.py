@@ -17,7 +17,13 @@ import h11
 import trio
 
 from mitmlite.config import Config
-from mitmlite.connection import ConnectionEnv, handle_client, peer_name
+from mitmlite.connection import (
+    ConnectionEnv,
+    first_bytes,
+    handle_client,
+    peer_name,
+    server_handshake,
+)
 from mitmlite.errors import ConfigError
 from mitmlite.http1 import error_response, reason_phrase
 from mitmlite.reverse import ReverseEnv, handle_reverse_client
@@ -69,9 +75,7 @@ async def handle_tls_proxy_client(
     """The forward proxy behind a TLS listener: handshake with the proxy certificate first."""
     name = peer_name(stream)
     config = env.relay.config
-    first = b""
-    with trio.move_on_after(config.timeouts.handshake):
-        first = bytes(await stream.receive_some(config.limits.read_size))
+    first = await first_bytes(stream, config)
     if not first:
         return
     if not looks_like_tls(first):
@@ -81,12 +85,8 @@ async def handle_tls_proxy_client(
         await _plain_refusal(stream, reason)
         return
     tls = trio.SSLStream(PrefixedStream(stream, first), context, server_side=True)
-    try:
-        with trio.fail_after(config.timeouts.handshake):
-            await tls.do_handshake()
-    except (trio.TooSlowError, trio.BrokenResourceError) as exc:
-        reason = "timed out" if isinstance(exc, trio.TooSlowError) else "failed"
-        env.relay.sink.event(name, f"error: TLS handshake with the proxy listener {reason}")
+    if (failure := await server_handshake(tls, config.timeouts.handshake)) is not None:
+        env.relay.sink.event(name, f"error: TLS handshake with the proxy listener {failure}")
         return
     try:
         await handle_client(env, tls, name)
