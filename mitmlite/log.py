@@ -89,6 +89,18 @@ def body_preview(
     return text[:limit] + (f"\n[... {human_size(size)} in all]" if cut else "")
 
 
+def request_preview(record: FlowRecord) -> str | None:
+    r = record
+    return body_preview(r.request_body, r.request_body_complete, r.request_headers,
+                        r.request_bytes, BODY_PREVIEW_BYTES)  # fmt: skip
+
+
+def response_preview(record: FlowRecord) -> str | None:
+    r = record
+    return body_preview(r.response_body, r.response_body_complete, r.response_headers,
+                        r.response_bytes, BODY_PREVIEW_BYTES)  # fmt: skip
+
+
 def record_json(record: FlowRecord, verbosity: int) -> dict[str, Any]:
     """One flow as a JSON-able dict; ``verbosity`` adds headers (1) and body previews (2)."""
     data: dict[str, Any] = {
@@ -109,12 +121,8 @@ def record_json(record: FlowRecord, verbosity: int) -> dict[str, Any]:
         data["request_headers"] = _json_fields(record.request_headers)
         data["response_headers"] = _json_fields(record.response_headers)
     if verbosity >= 2:
-        data["request_body"] = body_preview(record.request_body, record.request_body_complete,
-                                            record.request_headers, record.request_bytes,
-                                            BODY_PREVIEW_BYTES)  # fmt: skip
-        data["response_body"] = body_preview(record.response_body, record.response_body_complete,
-                                             record.response_headers, record.response_bytes,
-                                             BODY_PREVIEW_BYTES)  # fmt: skip
+        data["request_body"] = request_preview(record)
+        data["response_body"] = response_preview(record)
     return data
 
 
@@ -172,18 +180,14 @@ class LineLog:
     def _details(self, record: FlowRecord) -> list[str]:
         lines = ["  request headers:", *header_lines(record.request_headers)]
         if self.verbosity >= 2:
-            preview = body_preview(record.request_body, record.request_body_complete,
-                                   record.request_headers, record.request_bytes,
-                                   BODY_PREVIEW_BYTES)  # fmt: skip
+            preview = request_preview(record)
             if preview is not None:
                 lines += ["  request body:", *_indented(preview)]
         if record.response_headers is not None:
             status = f"{record.status} {record.reason}".rstrip()
             lines += [f"  response headers ({status}):", *header_lines(record.response_headers)]
             if self.verbosity >= 2:
-                preview = body_preview(record.response_body, record.response_body_complete,
-                                       record.response_headers, record.response_bytes,
-                                       BODY_PREVIEW_BYTES)  # fmt: skip
+                preview = response_preview(record)
                 if preview is not None:
                     lines += ["  response body:", *_indented(preview)]
         return lines

@@ -205,13 +205,8 @@ class Relay:
 
     async def _refuse_unauthorized(self, request: h11.Request) -> None:
         """407 with a Basic challenge (RFC 9110 §15.5.8), for CONNECT and plain requests alike."""
-        record = FlowRecord(
-            client=self.client_name,
-            method=request.method.decode("ascii", "replace"),
-            url=request.target.decode("ascii", "replace"),
-            started=time.monotonic(),
-            status=407,
-        )
+        record = self._new_record(request)
+        record.status = 407
         given = any(n == b"proxy-authorization" for n, _ in request.headers)
         record.error = "wrong proxy credentials" if given else "proxy authentication required"
         headers, body = error_response(407, record.error)
@@ -289,14 +284,18 @@ class Relay:
                 raise HeaderTooLargeError(f"request header block exceeds {limit} KiB") from exc
             raise ClientError(f"malformed request: {exc}") from exc
 
-    async def cycle(self, request: h11.Request) -> bool:
-        """One exchange; returns True when the client connection can carry another one."""
-        record = FlowRecord(
+    def _new_record(self, request: h11.Request) -> FlowRecord:
+        """The log's record of the exchange ``request`` starts; the URL is refined by routing."""
+        return FlowRecord(
             client=self.client_name,
             method=request.method.decode("ascii", "replace"),
             url=request.target.decode("ascii", "replace"),
             started=time.monotonic(),
         )
+
+    async def cycle(self, request: h11.Request) -> bool:
+        """One exchange; returns True when the client connection can carry another one."""
+        record = self._new_record(request)
         self._record = record
         self._request = request
         if self._capture is not None:
@@ -930,19 +929,18 @@ class Relay:
 
     def _keep_request(self, data: bytes) -> None:
         record = self._record
-        room = self._capture.body_bytes - len(record.request_body) if self._capture else 0
-        if len(data) > room:
-            record.request_body_complete = False
-        if room > 0 and data:
-            record.request_body += data[:room]
+        record.request_body, whole = self._kept(record.request_body, data)
+        record.request_body_complete &= whole
 
     def _keep_response(self, data: bytes) -> None:
         record = self._record
-        room = self._capture.body_bytes - len(record.response_body) if self._capture else 0
-        if len(data) > room:
-            record.response_body_complete = False
-        if room > 0 and data:
-            record.response_body += data[:room]
+        record.response_body, whole = self._kept(record.response_body, data)
+        record.response_body_complete &= whole
+
+    def _kept(self, held: bytes, data: bytes) -> tuple[bytes, bool]:
+        """``held`` plus as much of ``data`` as the capture has room for; False when cut."""
+        room = self._capture.body_bytes - len(held) if self._capture else 0
+        return (held + data[:room] if room > 0 and data else held), len(data) <= room
 
     @staticmethod
     def _queue(pending: list[bytes], conn: h11.Connection, *events: h11.Event) -> None:
