@@ -27,7 +27,7 @@ from mitmlite.http1 import ConnectTarget, classify_request, error_response, reas
 from mitmlite.onboarding import is_onboarding_host
 from mitmlite.passthrough import HostRules, LearnedHosts
 from mitmlite.relay import Relay, RelayEnv
-from mitmlite.streams import PrefixedStream, pipe
+from mitmlite.streams import PrefixedStream, pipe, tls_transport
 from mitmlite.tls.clienthello import (
     MAX_HELLO_LENGTH,
     ClientHello,
@@ -283,7 +283,7 @@ def _server_tls(
     # Not https_compatible: closing sends close_notify (RFC 8446 §6.1), so a client can tell a
     # complete close-delimited response from a truncated one. The relay treats a client's EOF
     # without close_notify (which then raises BrokenResourceError) as an ordinary close.
-    return trio.SSLStream(stream, context, server_side=True)
+    return trio.SSLStream(tls_transport(stream), context, server_side=True)
 
 
 def _may_preconnect(env: ConnectionEnv, dest: Destination) -> bool:

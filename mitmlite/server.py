@@ -16,6 +16,7 @@ from typing import TextIO
 
 import trio
 
+from mitmlite.allocator import tune_for_bulk_io
 from mitmlite.auth import Credentials
 from mitmlite.ca.cache import LeafCache
 from mitmlite.ca.files import LoadedCA
@@ -220,6 +221,7 @@ def run(
     if config.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
     handler = handler_for(config, env)  # a bad --cert fails here, before anything listens
+    tune_for_bulk_io()
     trio.run(_main, config, loaded, env, out, flush, handler)
 
 

@@ -27,6 +27,7 @@ import trio
 from cryptography import x509
 
 from mitmlite.errors import UpstreamCertificateError, UpstreamError, UpstreamTimeoutError
+from mitmlite.streams import tls_transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +242,9 @@ async def start_tls(
     ``session`` (from an earlier handshake with the same name, see ``SessionCache``) is offered
     for resumption; a server that declines it gets a full, verified handshake.
     """
-    stream = trio.SSLStream(tcp, context, server_hostname=server_name, https_compatible=True)
+    stream = trio.SSLStream(
+        tls_transport(tcp), context, server_hostname=server_name, https_compatible=True
+    )
     if session is not None:
         stream.session = session
     try:

@@ -10,7 +10,14 @@ import trio
 import trio.testing
 import trustme
 
-from mitmlite.streams import PrefixedStream, pipe, receive_batch
+from mitmlite.streams import (
+    TRANSPORT_READ,
+    LargeReads,
+    PrefixedStream,
+    pipe,
+    receive_batch,
+    tls_transport,
+)
 
 # --- PrefixedStream -------------------------------------------------------------------------------
 
@@ -406,6 +413,96 @@ async def test_pipe_through_prefixed_stream_over_tls_like_stream_ends_at_eof(
         await run.done.wait()
         assert await receive_exactly(client, 3) == b"bye"
     assert run.result == (0, 3)
+
+
+# --- LargeReads: what TLS layers read from --------------------------------------------------------
+
+
+async def test_large_reads_fills_an_unsized_read_with_transport_read() -> None:
+    inner = Recorder([b"data"])
+    assert await LargeReads(inner).receive_some() == b"data"
+    assert inner.max_bytes == [TRANSPORT_READ]
+    assert TRANSPORT_READ > 64 * 1024  # more than trio's SocketStream reads by itself
+
+
+async def test_large_reads_keeps_a_size_the_reader_names() -> None:
+    inner = Recorder([b"data"])
+    assert await LargeReads(inner).receive_some(3) == b"data"
+    assert inner.max_bytes == [3]
+
+
+async def test_large_reads_delegates_sending_half_close_and_close() -> None:
+    inner = Recorder()
+    stream = LargeReads(inner)
+    await stream.send_all(b"x")
+    await stream.wait_send_all_might_not_block()
+    await stream.send_eof()
+    await stream.aclose()
+    assert inner.calls == ["send_all", "wait_send_all_might_not_block", "send_eof", "aclose"]
+    assert inner.sent == b"x"
+
+
+async def test_prefixed_stream_reads_large_once_the_prefix_is_spent() -> None:
+    inner = Recorder([b"rest"])
+    stream = PrefixedStream(inner, b"hello")
+    assert await stream.receive_some() == b"hello"
+    assert await stream.receive_some() == b"rest"
+    assert inner.max_bytes == [TRANSPORT_READ]
+
+
+def test_tls_transport_wraps_a_stream_once() -> None:
+    inner = Recorder()
+    wrapped = tls_transport(inner)
+    assert isinstance(wrapped, LargeReads)
+    assert wrapped.inner is inner
+    assert tls_transport(wrapped) is wrapped
+    prefixed = PrefixedStream(inner, b"hello")
+    assert tls_transport(prefixed) is prefixed
+
+
+class RecordingTransport(trio.abc.Stream):
+    """Passes everything to ``inner``, noting the sizes a TLS layer asks to read."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.max_bytes: list[int | None] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        self.max_bytes.append(max_bytes)
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("large", [True, False])
+async def test_a_tls_layer_on_tls_transport_refills_in_large_reads(
+    tls_ca: trustme.CA, large: bool
+) -> None:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("origin.test").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    tls_ca.configure_trust(client_ctx)
+    client_raw, server_raw = trio.testing.memory_stream_pair()
+    recording = RecordingTransport(client_raw)
+    transport = tls_transport(recording) if large else recording
+    client = trio.SSLStream(transport, client_ctx, server_hostname="origin.test")
+    server = trio.SSLStream(server_raw, server_ctx, server_side=True)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.do_handshake)
+            nursery.start_soon(server.do_handshake)
+        await server.send_all(b"body")
+        assert await receive_batch(client, 1 << 20) == b"body"
+    # trio's SSLStream names no size; without the wrapper the socket decides (64 KiB).
+    expected = {TRANSPORT_READ} if large else {None}
+    assert set(recording.max_bytes) == expected
 
 
 # --- receive_batch --------------------------------------------------------------------------------
