@@ -27,6 +27,7 @@ from mitmlite.hooks import HookRunner
 from mitmlite.modes import Handler, handler_for
 from mitmlite.pool import PooledConnector, UpstreamPool
 from mitmlite.relay import RelayEnv
+from mitmlite.streams import deepen_send_queue
 from mitmlite.tls.contexts import upstream_context
 from mitmlite.upstream import Connector, TCPConnector
 from mitmlite.upstream_proxy import ProxiedConnector
@@ -108,6 +109,7 @@ async def _isolated(
     release: Callable[[], None],
 ) -> None:
     """Run one connection; whatever it raises stays here, logged in one line."""
+    deepen_send_queue(stream)
     try:
         await handler(stream)
     except Exception as exc:  # the one place a connection's failure is contained

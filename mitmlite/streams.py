@@ -1,6 +1,7 @@
 """Stream helpers: large transport reads, replaying bytes already read, and a raw two-way pipe.
 
-Owns ``LargeReads`` (what every TLS layer sits on, see ``tls_transport``), ``PrefixedStream``
+Owns ``LargeReads`` (what every TLS layer sits on, see ``tls_transport``), the socket send queue
+(``deepen_send_queue``), ``PrefixedStream``
 (bytes peeked from a client, such as its ClientHello, or left in h11's buffer, are returned
 before anything new is read) and ``pipe`` (tunnels and upgraded connections: two tasks, one per
 direction, each the only writer of its destination).
@@ -9,6 +10,7 @@ direction, each the only writer of its destination).
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 
 import trio
@@ -19,6 +21,13 @@ READ_SIZE = 64 * 1024
 # 256 KiB a 100 MiB body costs a quarter of the trips, measured 200 -> 300+ MiB/s (issue 3).
 # Reads return what the socket holds, so small exchanges are unaffected.
 TRANSPORT_READ = 256 * 1024
+# trio sets TCP_NOTSENT_LOWAT to 16 KiB on every SocketStream: a send waits once 16 KiB sit
+# unsent in the kernel, which suits a program that wants to decide late what to send next. A
+# relay has nothing to reorder, and a 256 KiB write that meets a slow reader was cut into
+# pieces, each a wait and a wake-up (strace, 200 MiB through the proxy: 814 sends instead of
+# 973; throughput +5 to +10% in interleaved pairs, within this VM's noise). Kernel memory stays
+# bounded by the socket's send buffer, as for any program that leaves the option alone.
+SEND_QUEUE = 1024 * 1024
 
 
 async def receive_batch(stream: trio.abc.Stream, max_bytes: int) -> bytes | bytearray:
@@ -111,6 +120,14 @@ class PrefixedStream(LargeReads):
             data, self._prefix = self._prefix[:size], self._prefix[size:]
             return data
         return await super().receive_some(max_bytes)
+
+
+def deepen_send_queue(stream: trio.SocketStream) -> None:
+    """Let the kernel queue ``SEND_QUEUE`` unsent bytes before a send on ``stream`` waits."""
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux and macOS
+    if option is not None:
+        with contextlib.suppress(OSError):  # a socket already closed by its peer
+            stream.setsockopt(socket.IPPROTO_TCP, option, SEND_QUEUE)
 
 
 def tls_transport(stream: trio.abc.Stream) -> trio.abc.Stream:

@@ -27,7 +27,7 @@ import trio
 from cryptography import x509
 
 from mitmlite.errors import UpstreamCertificateError, UpstreamError, UpstreamTimeoutError
-from mitmlite.streams import tls_transport
+from mitmlite.streams import deepen_send_queue, tls_transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,14 +197,17 @@ async def open_tcp(host: str, port: int, limit: float) -> trio.SocketStream:
     try:
         with trio.fail_after(limit):
             if _is_ip_address(address):
-                return await _connect_address(address, port)
-            return await trio.open_tcp_stream(address, port)
+                stream = await _connect_address(address, port)
+            else:
+                stream = await trio.open_tcp_stream(address, port)
     except trio.TooSlowError as exc:
         raise UpstreamTimeoutError(f"connecting to {where} timed out after {limit:g} s") from exc
     except OSError as exc:
         raise UpstreamError(f"cannot connect to {where}: {_os_reason(exc)}") from exc
     except (UnicodeError, ValueError, OverflowError) as exc:  # IDNA refusals, a port past 65535
         raise UpstreamError(f"cannot connect to {where}: invalid host name or port") from exc
+    deepen_send_queue(stream)
+    return stream
 
 
 def _is_ip_address(host: str) -> bool:

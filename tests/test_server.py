@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import socket
 from pathlib import Path
 
 import trio
@@ -13,6 +14,7 @@ from mitmlite.ca.files import init_ca
 from mitmlite.config import Config, Limits
 from mitmlite.connection import ConnectionEnv, handle_client
 from mitmlite.server import banner, build_env, serve
+from mitmlite.streams import SEND_QUEUE
 from tests.fakes import Sink
 from tests.origin import OriginState, serve_origin_tcp
 
@@ -64,6 +66,24 @@ async def test_a_crashing_connection_is_logged_and_others_continue(
     assert await proxy_get(port, b"http://127.0.0.1:%d/a" % origin_port) == b""
     assert (await proxy_get(port, b"http://127.0.0.1:%d/b" % origin_port)).endswith(b"origin /b")
     assert any("connection error: RuntimeError: boom in one connection" in e for e in sink.events)
+
+
+async def test_accepted_connections_get_the_relay_send_queue(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    config = Config(listen_port=0)
+    env = make_env(tmp_path, Sink(), config)
+    seen: list[int] = []
+
+    async def record(stream: trio.SocketStream) -> None:
+        seen.append(stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
+
+    addresses = await nursery.start(functools.partial(serve, handler=record), config, env)
+    client = await trio.open_tcp_stream("127.0.0.1", addresses[0][1])
+    async with client:
+        with trio.fail_after(5):
+            assert await client.receive_some(10) == b""  # served and closed
+    assert seen == [SEND_QUEUE]
 
 
 async def test_connection_cap_holds_extra_clients_in_the_backlog(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from dataclasses import dataclass, field
 
@@ -11,9 +12,11 @@ import trio.testing
 import trustme
 
 from mitmlite.streams import (
+    SEND_QUEUE,
     TRANSPORT_READ,
     LargeReads,
     PrefixedStream,
+    deepen_send_queue,
     pipe,
     receive_batch,
     tls_transport,
@@ -458,6 +461,36 @@ def test_tls_transport_wraps_a_stream_once() -> None:
     assert tls_transport(wrapped) is wrapped
     prefixed = PrefixedStream(inner, b"hello")
     assert tls_transport(prefixed) is prefixed
+
+
+def send_queue_limit(stream: trio.SocketStream) -> int:
+    return stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+
+
+async def test_deepen_send_queue_lets_a_relay_write_go_out_without_waiting() -> None:
+    left, right = await connected_sockets()
+    async with left, right:
+        assert send_queue_limit(left) == 16 * 1024  # trio's setting, for contrast
+        deepen_send_queue(left)
+        assert send_queue_limit(left) == SEND_QUEUE
+        assert SEND_QUEUE >= 4 * TRANSPORT_READ
+        assert send_queue_limit(right) == 16 * 1024  # only the stream it was given
+
+
+async def test_deepen_send_queue_on_a_closed_socket_is_harmless() -> None:
+    left, right = await connected_sockets()
+    await right.aclose()
+    await left.aclose()
+    deepen_send_queue(left)  # no OSError escapes
+
+
+async def connected_sockets() -> tuple[trio.SocketStream, trio.SocketStream]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listeners[0]:
+        port = listeners[0].socket.getsockname()[1]
+        left = await trio.open_tcp_stream("127.0.0.1", port)
+        right = await listeners[0].accept()
+    return left, right
 
 
 class RecordingTransport(trio.abc.Stream):

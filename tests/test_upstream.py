@@ -9,6 +9,7 @@ import contextlib
 import datetime as dt
 import gc
 import re
+import socket
 import ssl
 import warnings
 from pathlib import Path
@@ -25,6 +26,7 @@ from mitmlite.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from mitmlite.streams import SEND_QUEUE
 from mitmlite.tls.contexts import upstream_context
 from mitmlite.upstream import (
     Destination,
@@ -149,6 +151,9 @@ async def test_open_tcp_connects_to_a_listener() -> None:
     try:
         stream = await open_tcp("localhost", port, 5)  # via resolve_host
         assert stream.socket.getpeername() == ("127.0.0.1", port)
+        # Relay writes go out without waiting on trio's 16 KiB unsent limit (streams.py).
+        limit = stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+        assert limit == SEND_QUEUE
         await stream.aclose()
     finally:
         await listeners[0].aclose()
