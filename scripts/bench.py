@@ -208,11 +208,15 @@ def hook_rows(results: Results) -> list[Row]:
     ran = {workload for workload, _ in results.runs}
     if "hooks" in ran:
         plain = results.value("hooks", "mitmlite", "per_s")
+        # Issue 4's target is for an empty script; no-op hooks (a Flow built and both bodies
+        # buffered per request) are measured for the record, without a target of their own.
         labels = {"empty": "an empty hook script", "noop": "no-op request+response hooks"}
+        within = Target(">=", 0.9, relative=True, against="no script")
         for name, label in labels.items():
             ours = results.value("hooks", f"mitmlite -s {name}.py", "per_s") or "failed"
+            target = within if name == "empty" else None
             rows.append(Row(f"keep-alive GETs, {label} (vs no script)", "req/s", ours, plain,
-                            Target(">=", 0.9, relative=True, against="no script")))  # fmt: skip
+                            target))  # fmt: skip
     if "hooks-page" in ran:
         spec = "mitmlite -s rewrite.py"
         plain_rate = results.value("hooks-page", "mitmlite", "per_s")

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from bench_ca import measure_ca
 from bench_client import parse_head
+from bench_proxy import Outcome
 from bench_table import Row, Target, render_row, render_table
 
 
@@ -72,6 +73,22 @@ def test_client_parses_a_response_head() -> None:
     assert headers == {b"content-length": b"0", b"x-a": b"b"}
 
 
+def hook_results(empty_per_s: float) -> dict[tuple[str, str], list[Outcome]]:
+    return {
+        ("hooks", "mitmlite"): [{"per_s": 1000.0}],
+        ("hooks", "mitmlite -s empty.py"): [{"per_s": empty_per_s}],
+        ("hooks", "mitmlite -s noop.py"): [{"per_s": 800.0}],
+    }
+
+
+def test_hook_rows_empty_script_below_target_is_a_miss() -> None:
+    from bench import Results, hook_rows
+
+    rows = hook_rows(Results(hook_results(empty_per_s=850.0)))
+    lines = render_table(rows, "with script", "mitmlite, no script").splitlines()
+    assert verdict_of(lines[2]) == "NO"  # 0.85x: more than 10 % below no script
+
+
 def test_hook_rows_compare_with_mitmlite_without_scripts() -> None:
     from bench import Results, hook_rows
 
@@ -91,6 +108,7 @@ def test_hook_rows_compare_with_mitmlite_without_scripts() -> None:
     empty, noop = lines[2], lines[3]
     assert "empty hook script" in empty
     assert verdict_of(empty) == "yes"  # 0.95x is within 10 %
-    assert verdict_of(noop) == "NO"  # 0.8x is not: the twin
+    assert verdict_of(noop) == "—"  # measured, but issue 4 sets no target for it
+    assert "0.8x" in noop
     assert ">= 0.9x no script" in empty
     assert "11.0 ms" in lines[5] or "11.00 ms" in lines[5]
