@@ -543,7 +543,7 @@ class Relay:
         response = h11.Response(status_code=head.status_code, headers=headers, reason=head.reason)
         # Queued, not sent: the head goes out with the first body bytes in one TLS record.
         self._queue(self._client_pending, self.conn, response)
-        record.response_bytes = await self._relay_response_body(upstream)
+        record.response_bytes = await self._relay_response_body(upstream, response)
         await self._finish_upstream(upstream)
 
     async def _response_head(
@@ -565,8 +565,9 @@ class Relay:
         raise UpstreamError(f"{where} closed the connection without a response")
 
     async def _relay_response_body(
-        self, upstream: Upstream, transform: ChunkTransform | None = None
+        self, upstream: Upstream, sent: h11.Response, transform: ChunkTransform | None = None
     ) -> int:
+        """Stream the upstream's body to the client, after the head ``sent`` to it."""
         received = 0
         keep = self._capture is not None
         while True:
@@ -587,10 +588,28 @@ class Relay:
                 raise UpstreamError("upstream closed the connection before the response ended")
             if transform is not None:
                 self._queue_data(self._client_pending, self.conn, b"", transform)
-            self._queue(self._client_pending, self.conn, event)
+            self._queue(self._client_pending, self.conn, self._client_end(event, sent))
             await self._flush_client()
             self._record.timings.response_end = time.monotonic()
             return received
+
+    def _client_end(self, event: h11.EndOfMessage, sent: h11.Response) -> h11.EndOfMessage:
+        """The body's end as the client's framing can carry it.
+
+        Trailer fields ride on chunked framing only. An HTTP/1.0 client reads a close-delimited
+        body with no place for them (h11 refuses to write them, and the whole response was lost),
+        so for it they are dropped, as RFC 9112 §7.1.2 lets whoever removes the chunking do.
+        """
+        if not event.headers:
+            return event
+        chunked = any(
+            name == b"transfer-encoding" and b"chunked" in value.lower()
+            for name, value in sent.headers
+        )
+        version = self.conn.their_http_version  # h11 frames a body by it the same way
+        if chunked and version is not None and version >= b"1.1":
+            return event
+        return h11.EndOfMessage()
 
     async def _next_upstream_event(self, upstream: Upstream) -> h11.Event:
         while (event := self._buffered_upstream_event(upstream)) is None:
@@ -771,7 +790,7 @@ class Relay:
         self._queue(self._client_pending, self.conn, head_out)
         for chunk in prefix:
             self._queue_data(self._client_pending, self.conn, chunk, transform)
-        streamed = await self._relay_response_body(upstream, transform)
+        streamed = await self._relay_response_body(upstream, head_out, transform)
         record.response_bytes = streamed + sum(map(len, prefix))
         await self._finish_upstream(upstream)
         flow.timestamps.response_end = time.monotonic()

@@ -3,6 +3,7 @@
 Routes (all deterministic, so tests can assert on exact bytes):
   /bytes/N           N bytes of a repeating pattern, Content-Length, sent in 64 KiB chunks
   /chunked/N         N bytes as chunked transfer coding, in several chunks
+  /trailers          "hello", chunked, with an ``X-Checksum: abc`` trailer field
   /close/N           N bytes delimited by closing the connection (no length, no chunking)
   /then-close        a normal keep-alive response, after which the server closes silently
   /status/N          an empty response with status N (204, 304, 404, ...)
@@ -160,6 +161,12 @@ async def _sized(conn: _Conn, size: int, *, chunked: bool) -> None:
     await conn.send(h11.EndOfMessage())
 
 
+async def _trailers(conn: _Conn, req: h11.Request, body: bytes) -> None:
+    await conn.send(h11.Response(status_code=200, headers=[(b"Transfer-Encoding", b"chunked")]))
+    await conn.send(h11.Data(data=b"hello"))
+    await conn.send(h11.EndOfMessage(headers=[(b"X-Checksum", b"abc")]))
+
+
 async def _close_delimited(conn: _Conn, size: int) -> None:
     # h11 refuses to write an unframed 1.1 response, so write this one by hand (RFC 9112 §6.3).
     await conn.stream.send_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
@@ -240,6 +247,7 @@ _ROUTES: dict[str, Handler] = {
     "/sse": _sse,
     "/slow": _slow,
     "/early-hints": _early_hints,
+    "/trailers": _trailers,
 }
 
 

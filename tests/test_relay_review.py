@@ -126,3 +126,37 @@ async def test_an_invalid_host_is_an_upstream_error_not_a_crash() -> None:
     for host in ("a..b.test", "x" * 64 + ".test"):
         with pytest.raises(UpstreamError, match="cannot connect to"):
             await open_tcp(host, 80, 1)
+
+
+async def test_trailers_reach_an_http11_client(nursery: trio.Nursery) -> None:
+    relay = await start_relay(nursery)
+    await relay.client.send(
+        h11.Request(method="GET", target="/trailers", headers=[(b"Host", b"site.test")]),
+        h11.EndOfMessage(),
+    )
+    with trio.fail_after(5):
+        head = await relay.client.next_event()
+        body = b""
+        while isinstance(event := await relay.client.next_event(), h11.Data):
+            body += event.data
+    assert isinstance(head, h11.Response)
+    assert (head.status_code, body) == (200, b"hello")
+    assert isinstance(event, h11.EndOfMessage)
+    assert list(event.headers) == [(b"x-checksum", b"abc")]
+
+
+async def test_trailers_are_dropped_for_an_http10_client_which_still_gets_the_body(
+    nursery: trio.Nursery,
+) -> None:
+    # The twin: a close-delimited body has no place for trailers; h11 refused to write them and
+    # the client got an empty reply.
+    relay = await start_relay(nursery)
+    await relay.raw.send_all(b"GET /trailers HTTP/1.0\r\nHost: site.test\r\n\r\n")
+    data = b""
+    with trio.fail_after(5):
+        while chunk := await relay.raw.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == b"hello"
+    assert b"abc" not in data

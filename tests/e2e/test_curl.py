@@ -83,6 +83,22 @@ async def test_http10_client(proxy: Proxy, origin: Origin) -> None:
     assert len(body) == 30000
 
 
+async def test_trailers_reach_curl_over_http11(proxy: Proxy, origin: Origin) -> None:
+    result = await curl(proxy, "--raw", origin.url("/trailers"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(b"0\r\nX-Checksum: abc\r\n\r\n")
+
+
+async def test_http10_client_gets_a_chunked_body_with_trailers_without_them(
+    proxy: Proxy, origin: Origin
+) -> None:
+    # The twin: no place for trailers in a close-delimited body (this was an empty reply).
+    result = await curl(proxy, "-0", "-i", origin.url("/trailers"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(b"\r\n\r\nhello")
+    assert b"abc" not in result.stdout
+
+
 async def test_expect_100_continue(proxy: Proxy, origin: Origin) -> None:
     payload = b"y" * 2_000_000  # curl sends Expect: 100-continue for large bodies
     with trio.fail_after(20):
