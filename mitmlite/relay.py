@@ -60,7 +60,7 @@ from mitmlite.onboarding import is_onboarding_host, onboarding_response
 from mitmlite.pool import UpstreamPool
 from mitmlite.streams import PrefixedStream, pipe, receive_batch
 from mitmlite.tls.clienthello import looks_like_tls
-from mitmlite.upstream import Connector, Destination, Upstream
+from mitmlite.upstream import Connector, Destination, Upstream, authority
 
 Headers = list[tuple[bytes, bytes]]
 _E = TypeVar("_E", bound=h11.Event)
@@ -135,6 +135,10 @@ class TLSToPlainPortError(MitmliteError):
 
 class _StaleUpstreamError(Exception):
     """A reused upstream connection closed before answering: retry once on a fresh one."""
+
+
+class _ClosedBeforeResponseError(UpstreamError):
+    """The upstream closed with no byte of a response (h11 reports it as a protocol error)."""
 
 
 class Relay:
@@ -241,6 +245,7 @@ class Relay:
             event = self._next_client_event()
             if isinstance(event, h11.Request):
                 self._check_head_size(event)
+                _check_framing(event)
                 return event
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed, or PAUSED after a protocol switch
@@ -404,7 +409,9 @@ class Relay:
             except _StaleUpstreamError:
                 await self._drop(upstream)
                 if not reused or attempt == 2:
-                    raise UpstreamError(f"{dest.host}:{dest.port} closed the connection") from None
+                    raise UpstreamError(
+                        f"{authority(dest.host, dest.port)} closed the connection"
+                    ) from None
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _onboarding(
@@ -440,6 +447,11 @@ class Relay:
             if self.host_header is not None:
                 headers = [(n, v) for n, v in headers if n.lower() != b"host"]
                 headers.insert(0, (b"Host", self.host_header))
+            elif not any(n.lower() == b"host" for n, _ in headers):
+                # HTTP/1.0 may leave Host out, but we speak 1.1 upstream, where it is required
+                # (RFC 9112 §3.2): the tunnel's authority is the one the client meant.
+                site = self.fixed.origin.split("://", 1)[1]
+                headers.insert(0, (b"Host", site.encode("ascii")))
             return self.fixed, path, headers
         target = classify_request(request.method, request.target)
         if isinstance(target, ConnectTarget):  # run() hands CONNECT back before we get here
@@ -549,16 +561,22 @@ class Relay:
     async def _response_head(
         self, upstream: Upstream, *, retry_on_eof: bool = False
     ) -> h11.Response | h11.InformationalResponse:
-        where = f"{upstream.host}:{upstream.port}"
+        where = authority(upstream.host, upstream.port)
         timeout = self.timeouts.upstream_response
         try:
             with trio.fail_after(timeout):
                 event = await self._next_upstream_event(upstream)
         except trio.TooSlowError as exc:
             raise UpstreamTimeoutError(f"{where} did not respond within {timeout:g} s") from exc
+        except _ClosedBeforeResponseError:
+            if retry_on_eof:  # a reused connection the server closed as our request went out
+                raise _StaleUpstreamError from None
+            raise
         if isinstance(event, h11.Response | h11.InformationalResponse):
             if _binds_connection(event.headers.raw_items()):
                 upstream.shareable = False
+            if isinstance(event, h11.Response) and _ambiguous_framing(event):
+                upstream.keep_alive = False  # read by Transfer-Encoding; trust nothing after it
             return event
         if retry_on_eof and isinstance(event, h11.ConnectionClosed):
             raise _StaleUpstreamError
@@ -618,6 +636,14 @@ class Relay:
                 data = await receive_batch(upstream.stream, self.read_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise UpstreamError("upstream connection broke") from exc
+            if not data:
+                upstream.keep_alive = False  # whatever h11 makes of the close, nothing follows
+                conn = upstream.conn
+                if conn.their_state is h11.SEND_RESPONSE and not conn.trailing_data[0]:
+                    where = authority(upstream.host, upstream.port)
+                    raise _ClosedBeforeResponseError(
+                        f"{where} closed the connection without a response"
+                    )
             upstream.conn.receive_data(cast(bytes, data))
         return event
 
@@ -636,7 +662,7 @@ class Relay:
 
     async def _finish_upstream(self, upstream: Upstream) -> None:
         conn = upstream.conn
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        if upstream.keep_alive and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
         else:
             await self._drop(upstream)
@@ -1005,6 +1031,23 @@ async def _send_pending(stream: trio.abc.Stream, pending: list[bytes]) -> None:
     data = b"".join(pending)
     pending.clear()
     await stream.send_all(data)
+
+
+def _check_framing(request: h11.Request) -> None:
+    """Refuse a request framed both by Content-Length and by Transfer-Encoding.
+
+    h11 reads such a body by Transfer-Encoding; a server behind us that read it by length would
+    take the rest as another request, one the next client's request could be appended to
+    (request smuggling). RFC 9112 §6.1 lets a server reject it, and it must close after.
+    """
+    names = {name for name, _ in request.headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        raise ClientError("request has both Content-Length and Transfer-Encoding")
+
+
+def _ambiguous_framing(head: h11.Response) -> bool:
+    names = {name for name, _ in head.headers}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 @contextmanager

@@ -49,6 +49,16 @@ class Destination:
         return f"{scheme}://{host}" if self.port == default else f"{scheme}://{host}:{self.port}"
 
 
+# h11 bounds a head still arriving at 16 KiB unless told otherwise, and a response head is the
+# origin's to size: Chromium accepts 256 KiB (ERR_RESPONSE_HEADERS_TOO_BIG beyond), so do we.
+MAX_RESPONSE_HEAD = 256 * 1024
+
+
+def client_conn() -> h11.Connection:
+    """The h11 machine for one upstream connection (we are its client)."""
+    return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+
+
 @dataclass(eq=False, slots=True)
 class Upstream:
     """One open connection to an origin with its own h11 state machine (client role)."""
@@ -68,6 +78,10 @@ class Upstream:
     dest: Destination | None = None
     recycled: bool = False
     shareable: bool = True
+    # False once the server ended a message by closing (a close-delimited body: RFC 9112 §6.3
+    # rule 8) or framed one ambiguously (both Content-Length and Transfer-Encoding): h11 may
+    # still call both sides DONE, but no further response can come from this connection.
+    keep_alive: bool = True
     # Monotonic stamps of opening it, for HAR timings: started, TCP connected, TLS done.
     opened: tuple[float, float, float | None] | None = None
 
@@ -77,6 +91,8 @@ class Upstream:
 
     def reusable(self) -> bool:
         """True when the connection is idle and the server has not closed it meanwhile."""
+        if not self.keep_alive:
+            return False
         if self.conn.our_state is not h11.IDLE or self.conn.their_state is not h11.IDLE:
             return False
         if self.conn.trailing_data[0]:
@@ -176,10 +192,14 @@ class TCPConnector:
             self.sessions.put(key, tls, session)
             stream = tls
         verified = not dest.tls or self.tls_context.verify_mode != ssl.CERT_NONE
-        conn = h11.Connection(h11.CLIENT)
-        upstream = Upstream(dest.host, dest.port, stream, conn, tcp, verified=verified)
+        upstream = Upstream(dest.host, dest.port, stream, client_conn(), tcp, verified=verified)
         upstream.opened = (started, connected, time.monotonic() if dest.tls else None)
         return upstream
+
+
+def authority(host: str, port: int) -> str:
+    """``host:port`` for messages, an IPv6 address in brackets (RFC 3986 §3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def resolve_host(host: str) -> str:
@@ -192,7 +212,7 @@ def resolve_host(host: str) -> str:
 
 async def open_tcp(host: str, port: int, limit: float) -> trio.SocketStream:
     """Connect to ``host:port`` within ``limit`` seconds or raise an upstream error."""
-    where = f"{host}:{port}"
+    where = authority(host, port)
     address = resolve_host(host)
     try:
         with trio.fail_after(limit):

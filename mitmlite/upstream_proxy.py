@@ -20,7 +20,14 @@ import trio
 from mitmlite.config import UpstreamProxy
 from mitmlite.errors import UpstreamError, UpstreamTimeoutError
 from mitmlite.streams import PrefixedStream
-from mitmlite.upstream import Destination, SessionCache, Upstream, open_tcp, start_tls
+from mitmlite.upstream import (
+    Destination,
+    SessionCache,
+    Upstream,
+    client_conn,
+    open_tcp,
+    start_tls,
+)
 
 _REPLY_LIMIT = 64 * 1024  # a CONNECT answer's head and body, read only to explain a refusal
 
@@ -45,7 +52,7 @@ class ProxiedConnector:
                 stream = await start_tls(tcp, proxy.host, self.tls_context, self.handshake_timeout)
             if not dest.tls and not dest.tunnel:
                 # Plain HTTP is forwarded in absolute form, as a browser talks to a proxy.
-                conn = h11.Connection(h11.CLIENT)
+                conn = client_conn()
                 return Upstream(dest.host, dest.port, stream, conn, tcp, absolute_form=True,
                                 proxy_authorization=proxy.authorization)  # fmt: skip
             leftover = await _connect_through(stream, dest, proxy, self.handshake_timeout)
@@ -65,7 +72,7 @@ class ProxiedConnector:
         except BaseException:
             await trio.aclose_forcefully(tcp)
             raise
-        upstream = Upstream(dest.host, dest.port, stream, h11.Connection(h11.CLIENT), tcp,
+        upstream = Upstream(dest.host, dest.port, stream, client_conn(), tcp,
                             verified=verified)  # fmt: skip
         # Reaching the origin through the proxy counts as TCP; its TLS as TLS.
         upstream.opened = (started, tunnelled, time.monotonic() if dest.tls else None)

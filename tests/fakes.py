@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import h11
 import trio
 import trio.testing
 
 from mitmlite.flow import FlowRecord
-from mitmlite.upstream import Destination, Upstream
+from mitmlite.upstream import Destination, Upstream, client_conn
 from tests.origin import OriginState, serve_origin
 
 
@@ -41,4 +40,4 @@ class MemoryConnector:
         self.dests.append(dest)
         near, far = trio.testing.memory_stream_pair()
         self.nursery.start_soon(serve_origin, far, self.state)
-        return Upstream(dest.host, dest.port, near, h11.Connection(h11.CLIENT))
+        return Upstream(dest.host, dest.port, near, client_conn())

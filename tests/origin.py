@@ -6,6 +6,12 @@ Routes (all deterministic, so tests can assert on exact bytes):
   /trailers          "hello", chunked, with an ``X-Checksum: abc`` trailer field
   /close/N           N bytes delimited by closing the connection (no length, no chunking)
   /then-close        a normal keep-alive response, after which the server closes silently
+  /then-drop         a normal keep-alive response; the next request on that connection is read
+                     and the connection closed without an answer (a server's idle-close race)
+  /drop              read the request, close without an answer
+  /cl-te             "hello" framed by both Content-Length: 3 and chunked; then silence
+  /half-close/N      N bytes delimited by close, no Connection: close, as over TLS: the server's
+                     side ends (as with close_notify) while it still reads what is sent after
   /status/N          an empty response with status N (204, 304, 404, ...)
   /echo              JSON of method, target, headers (in order, raw case) and body sha256/length
   /cookies           two Set-Cookie headers
@@ -131,6 +137,30 @@ async def _serve(conn: _Conn) -> None:
             return
         if path == "/then-close":  # a keep-alive response, then the server drops the connection
             await conn.respond(200, [], b"bye")
+            return
+        if path.startswith("/half-close/"):
+            # No "Connection: close" either: nothing but the close ends this body.
+            await conn.stream.send_all(b"HTTP/1.1 200 OK\r\n\r\n")
+            await conn.stream.send_all(pattern_bytes(int(path.rsplit("/", 1)[1])))
+            if isinstance(conn.stream, trio.abc.HalfCloseableStream):  # memory pairs, TCP
+                await conn.stream.send_eof()
+                while await conn.stream.receive_some(CHUNK):
+                    pass  # whatever comes now is read and never answered
+            return
+        if path == "/drop":
+            return
+        if path == "/cl-te":  # h11 will not write this: it is what a smuggling attempt looks like
+            await conn.stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n\r\n"
+            )
+            while await conn.stream.receive_some(CHUNK):
+                pass  # a request sent on after this is never answered
+            return
+        if path == "/then-drop":
+            await conn.respond(200, [], b"bye")
+            conn.conn.start_next_cycle()
+            await conn.next_event()  # the next request's head: read, then the close
             return
         await _route(conn, event, body, path)
         if conn.conn.our_state is h11.MUST_CLOSE or conn.conn.their_state is not h11.DONE:

@@ -3,6 +3,7 @@ the response/error promise, and connections with bytes left over."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h11
@@ -13,6 +14,7 @@ import trio.testing
 from mitmlite.config import Config, Timeouts
 from mitmlite.errors import UpstreamError
 from mitmlite.upstream import Upstream, open_tcp
+from tests.origin import pattern_bytes
 from tests.scripting import isolated_imports  # noqa: F401 - autouse fixture
 from tests.test_relay import start_relay
 from tests.test_relay_hooks import start
@@ -160,3 +162,119 @@ async def test_trailers_are_dropped_for_an_http10_client_which_still_gets_the_bo
     assert head.startswith(b"HTTP/1.1 200")
     assert body == b"hello"
     assert b"abc" not in data
+
+
+# --- found by a side-by-side run against mitmdump -------------------------------------------------
+
+
+async def test_a_request_framed_by_both_length_and_chunking_is_refused(
+    nursery: trio.Nursery,
+) -> None:
+    relay = await start_relay(nursery)
+    smuggled = b"0\r\n\r\nPOST /smuggled HTTP/1.1\r\nHost: site.test\r\nContent-Length: 60\r\n\r\n"
+    await relay.raw.send_all(
+        b"POST /a HTTP/1.1\r\nHost: site.test\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + smuggled
+    )
+    with trio.fail_after(5):
+        reply = b""
+        while chunk := await relay.raw.receive_some(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert reply.endswith(b"request has both Content-Length and Transfer-Encoding\n")
+    assert relay.origin.requests == []  # nothing reached the upstream
+    assert relay.connector.dests == []
+
+
+async def test_a_chunked_request_alone_is_relayed(nursery: trio.Nursery) -> None:
+    # The twin: one framing, no refusal.
+    relay = await start_relay(nursery)
+    await relay.raw.send_all(
+        b"POST /echo HTTP/1.1\r\nHost: site.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4\r\nbody\r\n0\r\n\r\n"
+    )
+    head, body, _ = await relay.client.response()
+    assert head.status_code == 200
+    assert b'"body_length": 4' in body
+
+
+async def test_an_upstream_that_ended_a_body_by_closing_is_not_reused(
+    nursery: trio.Nursery,
+) -> None:
+    # Over TLS the server's close_notify ends the body while its TCP side still takes bytes:
+    # a request sent there was accepted and never answered (a 502 for the next client).
+    relay = await start_relay(nursery)
+    head, body = await relay.client.get(b"/half-close/1000")
+    assert (head.status_code, body) == (200, pattern_bytes(1000))
+    head, body = await relay.client.get(b"/after")
+    assert (head.status_code, body) == (200, b"origin /after")
+    assert relay.origin.connections == 2
+    assert relay.origin.requests == ["/half-close/1000", "/after"]
+
+
+async def test_a_framed_body_keeps_the_upstream_connection(nursery: trio.Nursery) -> None:
+    # The twin: Content-Length and chunked bodies end without a close; one connection serves.
+    relay = await start_relay(nursery)
+    for path in (b"/bytes/1000", b"/chunked/1000", b"/after"):
+        head, _ = await relay.client.get(path)
+        assert head.status_code == 200
+    assert relay.origin.connections == 1
+
+
+async def test_a_reused_upstream_that_closes_without_answering_is_retried_once(
+    nursery: trio.Nursery,
+) -> None:
+    relay = await start_relay(nursery)
+    head, body = await relay.client.get(b"/then-drop")
+    assert (head.status_code, body) == (200, b"bye")
+    head, body = await relay.client.get(b"/after")
+    assert (head.status_code, body) == (200, b"origin /after")
+    assert relay.origin.connections == 2
+
+
+async def test_a_fresh_upstream_that_closes_without_answering_is_a_502(
+    nursery: trio.Nursery,
+) -> None:
+    # The twin: nothing to retry on a connection opened for this very request.
+    relay = await start_relay(nursery)
+    head, body = await relay.client.get(b"/drop")
+    assert (head.status_code, body) == (502, b"site.test:443 closed the connection\n")
+    assert relay.origin.connections == 1
+
+
+async def test_an_http10_request_without_host_in_a_tunnel_gets_the_tunnel_host(
+    nursery: trio.Nursery,
+) -> None:
+    relay = await start_relay(nursery)
+    await relay.raw.send_all(b"GET /echo HTTP/1.0\r\n\r\n")
+    with trio.fail_after(5):
+        reply = b""
+        while chunk := await relay.raw.receive_some(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert ["Host", "site.test"] in json.loads(body)["headers"]
+
+
+async def test_an_http10_request_with_its_own_host_keeps_it(nursery: trio.Nursery) -> None:
+    relay = await start_relay(nursery)
+    await relay.raw.send_all(b"GET /echo HTTP/1.0\r\nHost: other.test\r\n\r\n")
+    with trio.fail_after(5):
+        reply = b""
+        while chunk := await relay.raw.receive_some(65536):
+            reply += chunk
+    body = reply.partition(b"\r\n\r\n")[2]
+    assert ["Host", "other.test"] in json.loads(body)["headers"]
+
+
+async def test_a_response_framed_both_ways_is_read_by_chunking_and_its_connection_dropped(
+    nursery: trio.Nursery,
+) -> None:
+    relay = await start_relay(nursery)
+    with trio.fail_after(5):
+        head, body = await relay.client.get(b"/cl-te")
+        assert (head.status_code, body) == (200, b"hello")
+        assert b"content-length" not in dict(head.headers)  # RFC 9112 §6.3: TE wins
+        head, body = await relay.client.get(b"/after")
+    assert (head.status_code, body) == (200, b"origin /after")
+    assert relay.origin.connections == 2

@@ -29,10 +29,13 @@ from mitmlite.errors import (
 from mitmlite.streams import SEND_QUEUE
 from mitmlite.tls.contexts import upstream_context
 from mitmlite.upstream import (
+    MAX_RESPONSE_HEAD,
     Destination,
     SessionCache,
     TCPConnector,
     Upstream,
+    authority,
+    client_conn,
     open_tcp,
     resolve_host,
     start_tls,
@@ -713,3 +716,36 @@ async def test_a_failed_verification_leaves_no_session(
         with pytest.raises(UpstreamCertificateError, match="hostname mismatch"):
             await use(connector, port, "other.test")
     assert connector.sessions.get(("127.0.0.1", port, "other.test")) is None
+
+
+# --- client_conn: the response head limit --------------------------------------------------------
+
+
+def _response_head_in_pieces(value_size: int) -> object:
+    conn = client_conn()
+    conn.send(h11.Request(method="GET", target="/", headers=[(b"Host", b"a.test")]))
+    conn.send(h11.EndOfMessage())
+    head = b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * value_size + b"\r\nContent-Length: 0\r\n\r\n"
+    for start in range(0, len(head), 1024):  # as a slow origin or small TLS records deliver it
+        conn.receive_data(head[start : start + 1024])
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+    return h11.NEED_DATA
+
+
+def test_a_response_head_of_100_kib_arriving_in_pieces_is_accepted() -> None:
+    # h11's default (16 KiB) refused this: a 502 that mitmdump and browsers do not give.
+    event = _response_head_in_pieces(100 * 1024)
+    assert isinstance(event, h11.Response)
+    assert len(dict(event.headers)[b"x-big"]) == 100 * 1024
+
+
+def test_a_response_head_beyond_the_limit_is_refused() -> None:
+    with pytest.raises(h11.RemoteProtocolError):
+        _response_head_in_pieces(MAX_RESPONSE_HEAD + 1024)
+
+
+def test_authority_brackets_ipv6() -> None:
+    assert authority("::1", 443) == "[::1]:443"
+    assert authority("a.test", 80) == "a.test:80"

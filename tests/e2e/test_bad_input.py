@@ -162,3 +162,28 @@ async def test_connection_limit_queues_extra_clients(
         assert result.stdout == b"origin /served"
     finally:
         limited.stop()
+
+
+async def test_a_request_framed_both_ways_is_refused_and_never_forwarded(
+    proxy: Proxy, plain_origin: Origin
+) -> None:
+    # The request-smuggling shape (RFC 9112 §6.1): a server reading by length would take the
+    # rest as a request of its own, on an upstream connection other clients share.
+    url = plain_origin.url("/echo", host="127.0.0.1", scheme="http").encode()
+    hidden = b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    reply = await exchange(
+        proxy,
+        b"POST " + url + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + hidden,
+    )
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert reply.endswith(b"request has both Content-Length and Transfer-Encoding\n")
+    assert plain_origin.state.requests == []
+    # The twin: the same body framed only by chunking goes through.
+    reply = await exchange(
+        proxy,
+        b"POST " + url + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert plain_origin.state.requests == ["/echo"]
