@@ -84,7 +84,9 @@ class AbsoluteTarget:
     scheme: str  # always "http": https goes through CONNECT
     host: str  # lowercased; an IPv6 literal without brackets
     port: int
-    path: bytes  # origin-form for the upstream request line: starts with "/", keeps the query
+    # origin-form for the upstream request line: starts with "/", keeps the query ("*" for an
+    # OPTIONS about the whole server)
+    path: bytes
 
     @property
     def authority(self) -> str:
@@ -101,7 +103,8 @@ class AbsoluteTarget:
     @property
     def url(self) -> str:
         """The target as a URL, the default port left out, for logs and hooks."""
-        return f"{self.scheme}://{self.host_header.decode('ascii')}{self.path.decode('ascii')}"
+        path = "" if self.path == b"*" else self.path.decode("ascii")
+        return f"{self.scheme}://{self.host_header.decode('ascii')}{path}"
 
 
 def classify_request(method: bytes, target: bytes) -> ConnectTarget | AbsoluteTarget:
@@ -237,10 +240,10 @@ def _classify_absolute(method: bytes, text: str) -> AbsoluteTarget:
     scheme, sep, rest = text.partition("://")
     if not sep or not scheme:
         raise ClientError(f"request target {_quote(text)} is not absolute-form (http://host/path)")
-    return _absolute_http(scheme.lower(), rest, text)
+    return _absolute_http(scheme.lower(), rest, text, asterisk=method == b"OPTIONS")
 
 
-def _absolute_http(scheme: str, rest: str, text: str) -> AbsoluteTarget:
+def _absolute_http(scheme: str, rest: str, text: str, *, asterisk: bool = False) -> AbsoluteTarget:
     if scheme == "https":
         raise ClientError(f"absolute-form https target {_quote(text)}: use CONNECT for https")
     if scheme != "http":
@@ -251,7 +254,10 @@ def _absolute_http(scheme: str, rest: str, text: str) -> AbsoluteTarget:
     end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     authority, path = rest[:end], rest[end:]
     host, port = parse_host_port(authority, 80, what="URL authority")
-    # RFC 9112 §3.2.1: an empty path is sent as "/".
+    # RFC 9112 §3.2.1: an empty path is sent as "/"; but OPTIONS with neither path nor query
+    # asks about the server itself, which the last proxy sends as "*" (§3.2.4).
+    if asterisk and not path:
+        return AbsoluteTarget("http", host, port, b"*")
     origin_form = path if path.startswith("/") else "/" + path
     return AbsoluteTarget("http", host, port, origin_form.encode("ascii"))
 

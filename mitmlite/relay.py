@@ -363,7 +363,8 @@ class Relay:
         # We answer 100 ourselves, as mitmproxy does: the upstream gets the body without
         # waiting, and clients that wait for a 100 (curl, 1 s) do not stall on the proxy.
         if self.conn.client_is_waiting_for_100_continue:
-            await self._send_client(h11.InformationalResponse(status_code=100, headers=[]))
+            continue_ = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            await self._send_client(continue_)
         return [(n, v) for n, v in headers if n.lower() != b"expect"]
 
     async def _forward_request(

@@ -487,3 +487,23 @@ def test_reason_phrase(status: int, phrase: bytes) -> None:
 )
 def test_header_block_size(headers: Headers, size: int) -> None:
     assert header_block_size(headers) == size
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "path"),
+    [
+        (b"OPTIONS", b"http://example.org", b"*"),  # RFC 9112 §3.2.4: about the server itself
+        (b"OPTIONS", b"http://example.org:8080", b"*"),
+        (b"OPTIONS", b"http://example.org/", b"/"),  # the twins: a path or query is a resource
+        (b"OPTIONS", b"http://example.org?a=1", b"/?a=1"),
+        (b"GET", b"http://example.org", b"/"),
+    ],
+)
+def test_options_without_a_path_is_sent_in_asterisk_form(
+    method: bytes, target: bytes, path: bytes
+) -> None:
+    classified = classify_request(method, target)
+    assert isinstance(classified, AbsoluteTarget)
+    assert classified.path == path
+    assert classified.url.startswith("http://example.org")
+    assert "*" not in classified.url

@@ -215,7 +215,7 @@ async def test_expect_100_continue_gets_a_100_before_the_body(relay: Harness) ->
     await relay.client.send(h11.Request(method="POST", target="/echo", headers=headers))
     first = await relay.client.next_event()
     assert isinstance(first, h11.InformationalResponse)
-    assert first.status_code == 100
+    assert (first.status_code, first.reason) == (100, b"Continue")
     await relay.client.send(h11.Data(data=b"hello"), h11.EndOfMessage())
     _, body, _ = await relay.client.response()
     assert json.loads(body)["body_length"] == 5
