@@ -11,6 +11,7 @@ h11 parses and frames the messages; this module only decides what they mean to a
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -26,6 +27,7 @@ __all__ = [
     "header_block_size",
     "is_upgrade_request",
     "parse_host_port",
+    "protocol_error_text",
     "reason_phrase",
     "strip_hop_by_hop",
 ]
@@ -188,6 +190,14 @@ def reason_phrase(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode("ascii")
     except ValueError:
         return b""
+
+
+_BYTES_REPR = re.compile(r"bytearray\((b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")\)")
+
+
+def protocol_error_text(exc: Exception) -> str:
+    """h11's reason for ``exc`` as people read it: ``bytearray(b'X : v')`` becomes ``'X : v'``."""
+    return _BYTES_REPR.sub(lambda match: match.group(1)[1:], str(exc))
 
 
 def error_response(status: int, reason_line: str) -> tuple[list[tuple[bytes, bytes]], bytes]:

@@ -53,6 +53,7 @@ from mitmlite.http1 import (
     error_response,
     header_block_size,
     is_upgrade_request,
+    protocol_error_text,
     reason_phrase,
     strip_hop_by_hop,
 )
@@ -287,7 +288,7 @@ class Relay:
             if exc.error_status_hint == 431:
                 limit = self.env.config.limits.max_header_bytes // 1024
                 raise HeaderTooLargeError(f"request header block exceeds {limit} KiB") from exc
-            raise ClientError(f"malformed request: {exc}") from exc
+            raise ClientError(f"malformed request: {protocol_error_text(exc)}") from exc
 
     def _new_record(self, request: h11.Request) -> FlowRecord:
         """The log's record of the exchange ``request`` starts; the URL is refined by routing."""
@@ -654,7 +655,8 @@ class Relay:
         try:
             event = upstream.conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise UpstreamError(f"malformed response from upstream: {exc}") from exc
+            reason = protocol_error_text(exc)
+            raise UpstreamError(f"malformed response from upstream: {reason}") from exc
         if event is h11.NEED_DATA:
             return None
         if event is h11.PAUSED:  # h11 pauses only after a switch we did not ask for

@@ -17,6 +17,7 @@ from mitmlite.http1 import (
     header_block_size,
     is_upgrade_request,
     parse_host_port,
+    protocol_error_text,
     reason_phrase,
     strip_hop_by_hop,
 )
@@ -507,3 +508,23 @@ def test_options_without_a_path_is_sent_in_asterisk_form(
     assert classified.path == path
     assert classified.url.startswith("http://example.org")
     assert "*" not in classified.url
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"GET / HTTP/1.1\r\nX-Bad : v\r\n\r\n", "illegal header line: 'X-Bad : v'"),
+        (b"\x00\x01garbage\r\n\r\n", "illegal request line: '\\x00\\x01garbage'"),
+    ],
+)
+def test_protocol_error_text_shows_the_bytes_not_a_python_repr(head: bytes, expected: str) -> None:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head)
+    with pytest.raises(h11.RemoteProtocolError) as info:
+        conn.next_event()
+    assert "bytearray" in str(info.value)  # what h11 says, for contrast
+    assert protocol_error_text(info.value) == expected
+
+
+def test_protocol_error_text_leaves_other_messages_alone() -> None:
+    assert protocol_error_text(ValueError("Receive buffer too long")) == "Receive buffer too long"
