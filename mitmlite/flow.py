@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -188,24 +190,71 @@ class _Message:
 
     @property
     def text(self) -> str | None:
-        """The body decoded by Content-Encoding and the charset (UTF-8 when none is given)."""
+        """The body decoded by Content-Encoding, then by its charset (see ``charset``).
+
+        Bytes the charset cannot decode become lone surrogates (``surrogateescape``, as in
+        mitmproxy), which setting ``.text`` turns back into the same bytes: reading the text and
+        writing it back changes nothing a script did not change.
+        """
         content = self.content
-        return None if content is None else content.decode(self.charset, "replace")
+        if content is None:
+            return None
+        return content.decode(self._charset_of(content), "surrogateescape")
 
     @text.setter
     def text(self, value: str | None) -> None:
-        self.content = None if value is None else value.encode(self.charset, "replace")
+        """Set the body from text, in its charset; one that cannot hold the text becomes UTF-8.
+
+        Switching to UTF-8 also rewrites the Content-Type's charset (adding ``text/plain;
+        charset=utf-8`` when there is none), as mitmproxy does, so the client decodes it right.
+        """
+        if value is None:
+            self.content = None
+            return
+        charset = self._charset_of(value[:_SNIFF].encode("ascii", "ignore"))
+        try:
+            encoded = value.encode(charset, "surrogateescape")
+        except UnicodeEncodeError:
+            self._declare_charset("utf-8")
+            encoded = value.encode("utf-8", "surrogateescape")
+        self.content = encoded
+
+    def get_text(self) -> str | None:
+        """``.text``, under mitmproxy's method name."""
+        return self.text
+
+    def set_text(self, value: str | None) -> None:
+        """Set ``.text``, under mitmproxy's method name."""
+        self.text = value
 
     @property
     def charset(self) -> str:
+        """The charset ``.text`` uses: the Content-Type's; else, for HTML, a ``<meta charset>``
+        in the body (for CSS an ``@charset``); else UTF-8."""
+        try:
+            content = self.content or b""
+        except encoding.EncodingError:  # a body that cannot be decoded declares nothing
+            content = b""
+        return self._charset_of(content)
+
+    def _charset_of(self, content: bytes) -> str:
         content_type = self.headers.get("content-type", "")
         for part in content_type.split(";")[1:]:
             key, _, value = part.strip().partition("=")
-            if key.lower() == "charset" and value and _is_text_codec(value.strip('"')):
-                return value.strip('"').lower()
-        # A label Python cannot decode with falls back to the default, as browsers fall back for
-        # labels the WHATWG Encoding Standard does not know: reading .text never raises LookupError.
+            if key.lower() == "charset" and value:
+                return _codec(value.strip('"'))
+        kind = content_type.split(";")[0].strip().lower()
+        pattern = _META_CHARSET if "html" in kind else _CSS_CHARSET if kind == "text/css" else None
+        if pattern is not None and (found := pattern.search(content[:_SNIFF])):
+            return _codec(found.group(1).decode("ascii", "ignore"))
         return "utf-8"
+
+    def _declare_charset(self, charset: str) -> None:
+        content_type = self.headers.get("content-type", "")
+        params = [p.strip() for p in content_type.split(";")[1:] if p.strip()]
+        params = [p for p in params if p.partition("=")[0].strip().lower() != "charset"]
+        media = content_type.split(";")[0].strip() or "text/plain"
+        self.headers["content-type"] = "; ".join([media, *params, f"charset={charset}"])
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -216,6 +265,26 @@ class _Message:
         if self.raw_content is not None:
             self.headers.set_all("transfer-encoding", [])
             self.headers["content-length"] = str(len(self.raw_content))
+
+
+# Where a page may declare its charset in its own bytes (HTML: within the first 1024 bytes, by
+# the HTML standard's prescan; a little more is looked at, as mitmproxy does not limit it).
+_SNIFF = 4096
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset=['"]?([^'">\s/;]+)""", re.IGNORECASE)
+_CSS_CHARSET = re.compile(rb"""^@charset "([^"]+)";""")
+
+
+def _codec(label: str) -> str:
+    """A Python codec for a charset label; UTF-8 for one Python cannot decode text with.
+
+    Falling back mirrors browsers, which fall back for labels the WHATWG Encoding Standard does
+    not know: reading ``.text`` never raises LookupError. GB2312 and GBK are read as their
+    superset GB18030, as browsers and mitmproxy do.
+    """
+    label = label.strip().lower()
+    if label in ("gb2312", "gbk"):
+        return "gb18030"
+    return label if _is_text_codec(label) else "utf-8"
 
 
 def _is_text_codec(label: str) -> bool:
@@ -240,6 +309,38 @@ class Request(_Message):
     headers: Headers = field(default_factory=Headers)
     raw_content: bytes | None = None
     stream: bool | ChunkTransform = False
+
+    def __post_init__(self) -> None:
+        self._built = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        # As in mitmproxy: a new host or port is also the Host header's, when there is one, so
+        # the server picks the virtual host the request now goes to.
+        if name in ("host", "port") and getattr(self, "_built", False) and "host" in self.headers:
+            self.headers["host"] = self.authority
+
+    @property
+    def host_header(self) -> str | None:
+        """The Host header, None when there is none; setting None removes it."""
+        return self.headers.get("host")
+
+    @host_header.setter
+    def host_header(self, value: str | None) -> None:
+        if value is None:
+            self.headers.pop("host", None)
+        else:
+            self.headers["host"] = value
+
+    @property
+    def pretty_host(self) -> str:
+        """The host the client named (the Host header's, without a port), else ``host``."""
+        header = self.host_header
+        if not header:
+            return self.host
+        if header.startswith("["):
+            return header[1 : header.find("]")] if "]" in header else header
+        return header.rpartition(":")[0] if ":" in header else header
 
     @property
     def query(self) -> Query:
@@ -304,7 +405,11 @@ class Response(_Message):
         ``content`` is the decoded body, as ``.content`` is: text is encoded with the charset of
         a given Content-Type (UTF-8 by default) and the body with a given Content-Encoding.
         """
-        response = cls(status_code=status_code, headers=Headers(headers))
+        try:
+            reason = HTTPStatus(status_code).phrase
+        except ValueError:
+            reason = ""
+        response = cls(status_code=status_code, reason=reason, headers=Headers(headers))
         if isinstance(content, str):
             response.headers.setdefault("content-type", "text/plain; charset=utf-8")
             response.text = content

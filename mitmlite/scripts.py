@@ -127,7 +127,8 @@ class Scripts:
         return reloaded
 
     def hooks(self, name: str) -> list[tuple[LoadedScript, Hook]]:
-        """The scripts' top-level callables called ``name``, in script order."""
+        """The hooks called ``name``, in script order: each script's top-level function, then
+        the methods of the objects in its ``addons`` list (mitmproxy's class-based form)."""
         return self._hooks.get(name, [])
 
     def defines(self, name: str) -> bool:
@@ -197,13 +198,24 @@ class Scripts:
     def _index(self) -> None:
         hooks: dict[str, list[tuple[LoadedScript, Hook]]] = {}
         for script in self._loaded:
-            for name in HOOK_NAMES:
-                hook = script.module.__dict__.get(name)
-                # A class of that name is not a hook (calling it would build an object).
-                if callable(hook) and not isinstance(hook, type):
-                    hooks.setdefault(name, []).append((script, hook))
+            namespace = script.module.__dict__
+            addons = namespace.get("addons")
+            holders = [namespace]
+            if isinstance(addons, list | tuple):
+                holders += [_attributes(addon) for addon in addons]
+            for holder in holders:
+                for name in HOOK_NAMES:
+                    hook = holder.get(name)
+                    # A class of that name is not a hook (calling it would build an object).
+                    if callable(hook) and not isinstance(hook, type):
+                        hooks.setdefault(name, []).append((script, hook))
         self._hooks = hooks
         self._files = frozenset(str(p) for s in self._loaded for p in s.stamps)
+
+
+def _attributes(addon: object) -> dict[str, Any]:
+    """An addon object's hook methods by name, bound to it."""
+    return {name: getattr(addon, name) for name in HOOK_NAMES if hasattr(addon, name)}
 
 
 def _failure(exc: Exception, script: Path, appeared: Collection[ModuleType]) -> _LoadFailure:

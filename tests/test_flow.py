@@ -631,15 +631,55 @@ def test_text_through_a_coding_and_a_charset() -> None:
     assert gzip.decompress(msg.raw_content) == "hiver \u00e0 Z\u00fcrich".encode("latin-1")
 
 
-def test_text_replaces_undecodable_bytes_instead_of_raising() -> None:
+def test_undecodable_bytes_survive_a_text_round_trip() -> None:
     msg = response(b"ok \xff\xfe", Content_Type="text/plain; charset=utf-8")
-    assert msg.text == "ok \ufffd\ufffd"
+    assert msg.text == "ok \udcff\udcfe"  # surrogateescape, as mitmproxy: no exception either
+    msg.text = msg.text.replace("ok", "OK")
+    assert msg.raw_content == b"OK \xff\xfe"  # was b"OK \xef\xbf\xbd..." with "replace"
 
 
-def test_text_replaces_characters_the_charset_cannot_hold() -> None:
-    msg = response(b"", Content_Type="text/plain; charset=latin-1")
-    msg.text = "5 \u20ac"
-    assert msg.raw_content == b"5 ?"
+def test_text_the_charset_cannot_hold_switches_the_body_to_utf8() -> None:
+    msg = response(b"", Content_Type="text/html; charset=latin-1")
+    msg.text = "5 \u20ac \u65e5\u672c"
+    assert msg.raw_content == "5 \u20ac \u65e5\u672c".encode()
+    assert msg.headers["content-type"] == "text/html; charset=utf-8"
+    assert msg.text == "5 \u20ac \u65e5\u672c"
+
+
+def test_text_the_charset_can_hold_keeps_the_charset() -> None:
+    # The twin: nothing to switch.
+    msg = response(b"", Content_Type="text/html; charset=latin-1")
+    msg.text = "caf\u00e9"
+    assert msg.raw_content == b"caf\xe9"
+    assert msg.headers["content-type"] == "text/html; charset=latin-1"
+
+
+def test_text_without_a_content_type_is_utf8_and_adds_no_header() -> None:
+    msg = response(b"")
+    msg.text = "\u20ac"
+    assert msg.raw_content == "\u20ac".encode()
+    assert "content-type" not in msg.headers
+
+
+def test_html_without_a_declared_charset_is_read_by_its_meta_charset() -> None:
+    page = '<html><head><meta charset="iso-8859-1"></head><body>caf\u00e9 \u00fc'
+    msg = response(page.encode("latin-1"), Content_Type="text/html")
+    assert msg.charset == "iso-8859-1"
+    assert msg.text == page
+    msg.text = msg.text.replace("body", "BODY")
+    assert msg.raw_content == page.replace("body", "BODY").encode("latin-1")
+
+
+def test_meta_charset_is_not_looked_for_outside_html() -> None:
+    body = b'<meta charset="iso-8859-1"> caf\xc3\xa9'
+    assert response(body, Content_Type="text/plain").text == '<meta charset="iso-8859-1"> caf\u00e9'
+
+
+def test_css_charset_rule_and_gbk_read_as_gb18030() -> None:
+    css = '@charset "gbk"; a::after { content: "\u4e2d" }'
+    msg = response(css.encode("gb18030"), Content_Type="text/css")
+    assert msg.charset == "gb18030"
+    assert msg.text == css
 
 
 def test_json_parses_the_decoded_body() -> None:
@@ -808,3 +848,47 @@ def test_flow_record_defaults() -> None:
     assert (record.request_bytes, record.response_bytes, record.duration) == (0, 0, 0.0)
     with pytest.raises(AttributeError):
         record.extra = 1  # type: ignore[attr-defined]  # slotted: typos fail loudly
+
+
+# --- host and port setters, Host header helpers (mitmproxy's semantics) ---------------------------
+
+
+def test_setting_host_or_port_updates_a_host_header() -> None:
+    req = Request("GET", "https", "site.test", 443, "/", headers=Headers({"Host": "site.test"}))
+    req.host = "other.test"
+    assert req.headers["host"] == "other.test"
+    req.port = 8443
+    assert req.headers["host"] == "other.test:8443"
+    req.host = "::1"
+    assert req.headers["host"] == "[::1]:8443"
+    assert req.url == "https://[::1]:8443/"
+
+
+def test_setting_host_adds_no_host_header_where_there_was_none() -> None:
+    # The twin: "if present", as mitmproxy documents.
+    req = Request("GET", "https", "site.test", 443, "/")
+    req.host = "other.test"
+    assert "host" not in req.headers
+
+
+def test_host_header_and_pretty_host() -> None:
+    req = Request("GET", "http", "10.0.0.1", 80, "/", headers=Headers({"Host": "site.test:8080"}))
+    assert req.host_header == "site.test:8080"
+    assert req.pretty_host == "site.test"
+    req.host_header = "[::1]:80"
+    assert req.pretty_host == "::1"
+    req.host_header = None
+    assert "host" not in req.headers
+    assert req.pretty_host == "10.0.0.1"
+
+
+def test_get_text_and_set_text_are_text() -> None:
+    msg = response(b"abc", Content_Type="text/plain")
+    assert msg.get_text() == "abc"
+    msg.set_text("xyz")
+    assert msg.raw_content == b"xyz"
+
+
+@pytest.mark.parametrize(("status", "reason"), [(403, "Forbidden"), (200, "OK"), (599, "")])
+def test_make_sets_the_standard_reason_phrase(status: int, reason: str) -> None:
+    assert Response.make(status, "blocked").reason == reason

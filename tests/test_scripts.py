@@ -104,6 +104,43 @@ def test_hooks_come_in_script_order(tmp_path: Path) -> None:
     assert f.request.path == "/second/first"
 
 
+def test_class_based_addons_are_hooks_too(tmp_path: Path) -> None:
+    # mitmproxy's most common form: a script that only has `addons = [...]` must not do nothing.
+    script = write(
+        tmp_path / "addon.py",
+        """
+        class AddHeader:
+            def __init__(self):
+                self.count = 0
+
+            def request(self, flow):
+                self.count += 1
+                flow.request.count = self.count
+
+        def request(flow):
+            flow.request.path += "/function"
+
+        addons = [AddHeader()]
+        """,
+    )
+    scripts, _ = load(script)
+    hooks = [hook for _, hook in scripts.hooks("request")]
+    assert len(hooks) == 2  # the module's function first, then the addon's method
+    f = flow("")
+    for _ in range(2):
+        for hook in hooks:
+            hook(f)
+    assert f.request.count == 2  # one object, its state kept between calls
+    assert f.request.path == "/function/function"
+    assert not scripts.defines("response")
+
+
+def test_an_addons_value_that_is_not_a_list_adds_no_hooks(tmp_path: Path) -> None:
+    script = write(tmp_path / "odd.py", "addons = 'request'\n")
+    scripts, _ = load(script)
+    assert not scripts.defines("request")
+
+
 def test_two_scripts_with_one_file_name_do_not_collide(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
