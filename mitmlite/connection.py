@@ -10,6 +10,7 @@ failures are logged here in one line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ssl
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from mitmlite.tls.clienthello import (
     parse_client_hello,
 )
 from mitmlite.tls.fingerprints import describe
-from mitmlite.upstream import Destination, Preconnect
+from mitmlite.upstream import Destination, Preconnect, Upstream
 
 # TLS alerts a client sends when it rejects our certificate (RFC 8446 §6.2): a pinned app, or a
 # client that was never told to trust the mitmlite CA.
@@ -43,6 +44,10 @@ _DISTRUST_ALERTS = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")
 # A client that reads neither our close_notify nor our refusal must not hold its task longer.
 _CLOSE_NOTIFY_SECONDS = 2.0
 _REFUSAL_SECONDS = 5.0
+# A client silent this long after its 200 is taken to be waiting for the server to speak first:
+# TLS and HTTP clients send at once, within a local round trip (a side-by-side run found SMTP-like
+# greetings held back for the whole handshake timeout, where mitmproxy passes them at once).
+SILENT_CLIENT_GRACE = 0.5
 
 
 class HelloSink(Protocol):
@@ -144,13 +149,18 @@ async def _refuse(conn: h11.Connection, stream: trio.abc.Stream, exc: MitmliteEr
 async def _tunnel(
     env: ConnectionEnv, stream: trio.abc.Stream, name: str, target: ConnectTarget, early: bytes
 ) -> None:
-    timeouts = env.relay.config.timeouts
     first = early
-    with trio.move_on_after(timeouts.handshake):
-        while not first:
-            first = cast(bytes, await stream.receive_some(env.relay.config.limits.read_size))
-            if not first:
-                return  # the client closed the tunnel without sending anything
+    if not first:
+        opening = await _first_speaker(env, stream, name, target)
+        if opening is None:
+            return  # closed by either side before a byte, or the upstream could not be reached
+        first, upstream, greeting = opening
+        if upstream is not None:
+            if greeting or not (looks_like_tls(first) or _looks_like_http(first)):
+                await _raw_tunnel(env, PrefixedStream(stream, first), name, target,
+                                  opened=(upstream, greeting))  # fmt: skip
+                return
+            await upstream.stream.aclose()  # a TLS or HTTP client after all: served below
     if looks_like_tls(first):
         hello, first = await _read_client_hello(env, stream, first, name, target)
         if hello is None:
@@ -170,6 +180,45 @@ async def _tunnel(
         await Relay(env.relay, PrefixedStream(stream, first), conn, name, fixed=dest).run()
     else:
         await _raw_tunnel(env, PrefixedStream(stream, first), name, target)
+
+
+async def _first_speaker(
+    env: ConnectionEnv, stream: trio.abc.Stream, name: str, target: ConnectTarget
+) -> tuple[bytes, Upstream | None, bytes] | None:
+    """Who speaks first in a new tunnel: (client bytes, raw upstream if opened, its bytes).
+
+    TLS and HTTP clients speak at once. One still silent after ``SILENT_CLIENT_GRACE`` is
+    likely waiting for the server (SMTP, IMAP, FTP, MySQL greet first), so the upstream is
+    opened then and both sides are read until the handshake timeout: the server's greeting
+    reaches the client as soon as it is sent, not when the timeout ends. None when either side
+    closes first, or the upstream cannot be reached (logged).
+    """
+    config = env.relay.config
+    with trio.move_on_after(min(SILENT_CLIENT_GRACE, config.timeouts.handshake)):
+        data = bytes(await stream.receive_some(config.limits.read_size))
+        return (data, None, b"") if data else None
+    dest = Destination(target.host, target.port, tls=False, tunnel=True)
+    try:
+        upstream = await env.relay.connect(dest)
+    except MitmliteError as exc:
+        env.relay.sink.event(name, f"{target.authority} tunnel error: {exc}")
+        return None
+    heard: dict[str, bytes] = {}
+
+    async def listen(side: str, source: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            heard[side] = bytes(await source.receive_some(config.limits.read_size))
+        scope.cancel()  # the first to speak (or close) decides
+
+    remaining = max(config.timeouts.handshake - SILENT_CLIENT_GRACE, 0.0)
+    async with trio.open_nursery() as nursery:
+        nursery.cancel_scope.deadline = trio.current_time() + remaining
+        nursery.start_soon(listen, "client", stream, nursery.cancel_scope)
+        nursery.start_soon(listen, "server", upstream.stream, nursery.cancel_scope)
+    if heard.get("client") == b"" or heard.get("server") == b"":
+        await upstream.stream.aclose()
+        return None
+    return heard.get("client", b""), upstream, heard.get("server", b"")
 
 
 async def _read_client_hello(
@@ -404,14 +453,29 @@ async def _raw_tunnel(
     name: str,
     target: ConnectTarget,
     kind: str = "tunnel",
+    opened: tuple[Upstream, bytes] | None = None,
 ) -> None:
-    """Relay bytes as they are, both ways: no TLS of ours, nothing parsed."""
-    try:
-        dest = Destination(target.host, target.port, tls=False, tunnel=True)
-        upstream = await env.relay.connect(dest)
-    except MitmliteError as exc:
-        env.relay.sink.event(name, f"{target.authority} {kind} error: {exc}")
-        return
+    """Relay bytes as they are, both ways: no TLS of ours, nothing parsed.
+
+    ``opened``: an upstream already connected, and what it said before the client spoke.
+    """
+    if opened is None:
+        try:
+            dest = Destination(target.host, target.port, tls=False, tunnel=True)
+            upstream = await env.relay.connect(dest)
+        except MitmliteError as exc:
+            env.relay.sink.event(name, f"{target.authority} {kind} error: {exc}")
+            return
+        greeting = b""
+    else:
+        upstream, greeting = opened
     async with upstream.stream:
+        try:
+            with trio.fail_after(env.relay.config.timeouts.handshake):
+                if greeting:
+                    await stream.send_all(greeting)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            return
         sent, received = await pipe(stream, upstream.stream, env.relay.config.timeouts.idle)
+    received += len(greeting)
     env.relay.sink.event(name, f"{target.authority} {kind} closed: {sent}b up, {received}b down")

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from mitmlite.ca.authority import RootCA, create_root
 from mitmlite.ca.cache import LeafCache
 from mitmlite.config import Config, Timeouts
-from mitmlite.connection import ConnectionEnv, handle_client
+from mitmlite.connection import SILENT_CLIENT_GRACE, ConnectionEnv, handle_client
 from mitmlite.relay import RelayEnv
-from mitmlite.upstream import Destination
+from mitmlite.upstream import Destination, Upstream
 from tests.fakes import MemoryConnector, Sink
 from tests.origin import OriginState
 
@@ -171,9 +171,75 @@ async def test_silent_client_after_connect_gets_a_raw_tunnel(
     config = Config(timeouts=Timeouts(handshake=3))
     setup = await start(nursery, root, tmp_path, config)
     await connect(setup, b"smtp.test:25")
-    # Nothing from the client within the handshake deadline: the server may speak first (SMTP,
-    # IMAP), so the tunnel becomes a raw pipe to the origin, not an interception.
-    await trio.sleep(2.9)
+    # Nothing from the client for a moment: the server may speak first (SMTP, IMAP), so the
+    # origin is opened raw then, and stays a raw pipe when neither side speaks in time.
+    await trio.sleep(SILENT_CLIENT_GRACE - 0.1)
     assert setup.connector.dests == []
     await trio.sleep(0.2)
     assert setup.connector.dests == [Destination("smtp.test", 25, tls=False, tunnel=True)]
+    await trio.sleep(3)
+    assert setup.connector.dests == [Destination("smtp.test", 25, tls=False, tunnel=True)]
+
+
+@dataclass
+class GreetingConnector:
+    """Origins that greet first, as SMTP does, then echo each line back."""
+
+    nursery: trio.Nursery
+    dests: list[Destination]
+
+    async def __call__(self, dest: Destination) -> Upstream:
+        await trio.lowlevel.checkpoint()
+        self.dests.append(dest)
+        near, far = trio.testing.memory_stream_pair()
+
+        async def serve() -> None:
+            async with far:
+                await far.send_all(b"220 smtp.test ESMTP ready\r\n")
+                while data := await far.receive_some(65536):
+                    await far.send_all(b"250 " + bytes(data))
+
+        self.nursery.start_soon(serve)
+        return Upstream(dest.host, dest.port, near, h11.Connection(h11.CLIENT))
+
+
+async def test_a_server_that_speaks_first_is_heard_at_once(
+    nursery: trio.Nursery, root: RootCA, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    connector = GreetingConnector(nursery, [])
+    config = Config(timeouts=Timeouts(handshake=10))
+    env = ConnectionEnv(RelayEnv(config, connector, Sink()), LeafCache(root, tmp_path))
+    client, proxy_end = trio.testing.memory_stream_pair()
+
+    async def run() -> None:
+        async with proxy_end:
+            await handle_client(env, proxy_end)
+
+    nursery.start_soon(run)
+    await client.send_all(b"CONNECT smtp.test:25 HTTP/1.1\r\nHost: smtp.test:25\r\n\r\n")
+    assert await client.receive_some(65536) == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    started = trio.current_time()
+    assert await client.receive_some(65536) == b"220 smtp.test ESMTP ready\r\n"
+    # After the grace, not after the 10 s handshake timeout (mitmproxy: at once).
+    assert trio.current_time() - started < SILENT_CLIENT_GRACE + 0.1
+    await client.send_all(b"EHLO me\r\n")
+    assert await client.receive_some(65536) == b"250 EHLO me\r\n"
+    assert connector.dests == [Destination("smtp.test", 25, tls=False, tunnel=True)]
+
+
+async def test_a_tls_client_slower_than_the_grace_is_still_intercepted(
+    nursery: trio.Nursery, root: RootCA, root_file: Path, tmp_path: Path
+) -> None:
+    # The twin: the raw upstream opened while the client was silent is closed again, and the
+    # client's TLS is intercepted as usual.
+    setup = await start(nursery, root, tmp_path)
+    await connect(setup, b"site.test:8443")
+    await trio.sleep(SILENT_CLIENT_GRACE + 0.2)
+    tls = trio.SSLStream(setup.client, client_context(root_file), server_hostname="site.test")
+    await tls.do_handshake()
+    assert await get_over(tls, b"site.test", b"/hi") == (200, b"origin /hi")
+    assert setup.connector.dests == [
+        Destination("site.test", 8443, tls=False, tunnel=True),
+        Destination("site.test", 8443, tls=True, server_name="site.test"),
+    ]
+    assert setup.connector.state.requests == ["/hi"]

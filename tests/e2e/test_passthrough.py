@@ -7,11 +7,13 @@ one mitmlite intercepted, whose leaf comes from the mitmlite CA.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from tests.e2e.conftest import Origin, OriginCerts, Proxy, curl, start_proxy
 from tests.scripting import write
@@ -118,3 +120,29 @@ async def test_tls_clienthello_hook_can_ignore_a_connection(
     assert await origin_ca_curl(proxy, origin_certs, origin.url("/p", "a.localhost")) == 0
     await proxy.wait_for_log("passthrough (a tls_clienthello hook) closed")
     assert await origin_ca_curl(proxy, origin_certs, origin.url("/p", "b.localhost")) == 60
+
+
+async def test_a_server_that_speaks_first_reaches_the_client_at_once(
+    proxy: Proxy, nursery: trio.Nursery
+) -> None:
+    # SMTP, IMAP, FTP and MySQL servers greet first; their clients wait for it, often for less
+    # than the proxy's 10 s handshake timeout.
+    async def greet(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"220 mail.localhost ESMTP\r\n")
+            while data := await stream.receive_some(65536):
+                await stream.send_all(b"250 " + data)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, greet, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    async with client:
+        await client.send_all(b"CONNECT mail.localhost:%d HTTP/1.1\r\nHost: x\r\n\r\n" % port)
+        with trio.fail_after(3):
+            reply = b""
+            while b"220 " not in reply:
+                reply += await client.receive_some(65536)
+            established = b"HTTP/1.1 200 Connection established\r\n\r\n"
+            assert reply == established + b"220 mail.localhost ESMTP\r\n"
+            await client.send_all(b"EHLO me\r\n")
+            assert await client.receive_some(65536) == b"250 EHLO me\r\n"
