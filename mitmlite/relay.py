@@ -12,6 +12,7 @@ HTTP/1.1 is turn-taking, so this is one loop with one writer per stream, not a t
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -136,6 +137,32 @@ class TLSToPlainPortError(MitmliteError):
 
 class _StaleUpstreamError(Exception):
     """A reused upstream connection closed before answering: retry once on a fresh one."""
+
+
+class _TLSAlertError(UpstreamError):
+    """The upstream ended the connection with a TLS alert: its reason is the error's."""
+
+
+def _tls_alert(upstream: Upstream, exc: BaseException) -> _TLSAlertError | None:
+    """The upstream's TLS alert behind a broken stream, as a one-line reason; None if none.
+
+    TLS 1.3 servers check a client certificate after the client's handshake has finished, so
+    one that requires it (mTLS) says so only on the first read or write.
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, ssl.SSLError) or isinstance(cause, ssl.SSLEOFError):
+        return None
+    reason = cause.reason or ""
+    alert = reason.removeprefix("TLSV13_").removeprefix("SSLV3_").removeprefix("TLSV1_")
+    if not alert.startswith("ALERT_"):
+        return None
+    name = alert.removeprefix("ALERT_").lower()
+    if name == "certificate_required":
+        return _TLSAlertError(
+            f"{upstream.host} requires a client certificate (TLS alert certificate_required); "
+            "mitmlite presents none"
+        )
+    return _TLSAlertError(f"{upstream.host} ended the connection with TLS alert {name}")
 
 
 class _ClosedBeforeResponseError(UpstreamError):
@@ -637,7 +664,8 @@ class Relay:
             try:
                 data = await receive_batch(upstream.stream, self.read_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise UpstreamError("upstream connection broke") from exc
+                alert = _tls_alert(upstream, exc)
+                raise alert or UpstreamError("upstream connection broke") from exc
             if not data:
                 upstream.keep_alive = False  # whatever h11 makes of the close, nothing follows
                 conn = upstream.conn
@@ -1014,6 +1042,8 @@ class Relay:
         self._queue(upstream.pending, upstream.conn, *events)
         try:
             await self._flush_upstream(upstream)
+        except _TLSAlertError:
+            raise
         except UpstreamError as exc:
             raise _StaleUpstreamError from exc
 
@@ -1022,6 +1052,8 @@ class Relay:
             await _send_pending(upstream.stream, upstream.pending)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             upstream.conn.send_failed()
+            if alert := _tls_alert(upstream, exc):
+                raise alert from exc  # the server said why: not a stale connection to retry
             raise UpstreamError(
                 "upstream closed the connection while receiving the request"
             ) from exc

@@ -4,6 +4,7 @@ the response/error promise, and connections with bytes left over."""
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
 import h11
@@ -13,7 +14,8 @@ import trio.testing
 
 from mitmlite.config import Config, Timeouts
 from mitmlite.errors import UpstreamError
-from mitmlite.upstream import Upstream, open_tcp
+from mitmlite.relay import _tls_alert
+from mitmlite.upstream import Upstream, client_conn, open_tcp
 from tests.origin import pattern_bytes
 from tests.scripting import isolated_imports  # noqa: F401 - autouse fixture
 from tests.test_relay import start_relay
@@ -278,3 +280,40 @@ async def test_a_response_framed_both_ways_is_read_by_chunking_and_its_connectio
         head, body = await relay.client.get(b"/after")
     assert (head.status_code, body) == (200, b"origin /after")
     assert relay.origin.connections == 2
+
+
+def _broken_by(reason: str | None, kind: type[ssl.SSLError] = ssl.SSLError) -> Exception:
+    cause = kind(1, f"[SSL: {reason}] test")
+    cause.reason = reason  # type: ignore[assignment]  # OpenSSL sets it (None when unknown)
+    broken = trio.BrokenResourceError()
+    broken.__cause__ = cause
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        (
+            "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+            "site.test requires a client certificate (TLS alert certificate_required); "
+            "mitmlite presents none",
+        ),
+        ("SSLV3_ALERT_HANDSHAKE_FAILURE", "site.test ended the connection with TLS alert "
+         "handshake_failure"),
+        ("TLSV1_ALERT_INTERNAL_ERROR", "site.test ended the connection with TLS alert "
+         "internal_error"),
+    ],
+)  # fmt: skip
+def test_a_tls_alert_from_the_upstream_is_named(reason: str, message: str) -> None:
+    upstream = Upstream("site.test", 443, trio.testing.memory_stream_pair()[0], client_conn())
+    alert = _tls_alert(upstream, _broken_by(reason))
+    assert alert is not None
+    assert str(alert) == message
+
+
+@pytest.mark.parametrize("reason", ["DECRYPTION_FAILED_OR_BAD_RECORD_MAC", None])
+def test_other_tls_failures_and_eofs_are_not_alerts(reason: str | None) -> None:
+    upstream = Upstream("site.test", 443, trio.testing.memory_stream_pair()[0], client_conn())
+    assert _tls_alert(upstream, _broken_by(reason)) is None
+    assert _tls_alert(upstream, _broken_by("UNEXPECTED_EOF", ssl.SSLEOFError)) is None
+    assert _tls_alert(upstream, trio.BrokenResourceError()) is None

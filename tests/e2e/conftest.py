@@ -112,6 +112,7 @@ class OriginCerts:
     expired: ssl.SSLContext
     self_signed: ssl.SSLContext
     untrusted: ssl.SSLContext
+    client_cert_required: ssl.SSLContext  # mTLS: a client certificate from this CA, or an alert
 
 
 def _server_context(cert: trustme.LeafCert) -> ssl.SSLContext:
@@ -166,7 +167,15 @@ def origin_certs(tmp_path_factory: pytest.TempPathFactory) -> OriginCerts:
         ),
         self_signed=_self_signed_context(directory),
         untrusted=_server_context(trustme.CA().issue_cert(*NAMES)),
+        client_cert_required=_mtls_context(ca),
     )
+
+
+def _mtls_context(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = _server_context(ca.issue_cert(*NAMES))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(ctx)
+    return ctx
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
+import socket
 import ssl
+import threading
 
 import pytest
 import trio
@@ -174,6 +177,48 @@ async def test_bad_upstream_certificate_is_a_502_with_the_reason(
     assert bad.state.requests == []  # no request, so no origin byte, ever reached it
     assert b"origin /secret" not in result.stdout
     await proxy.wait_for_log(reason)
+
+
+async def test_an_upstream_that_requires_a_client_certificate_is_a_502_saying_so(
+    proxy: Proxy, origin_certs: OriginCerts
+) -> None:
+    # A blocking-socket server, as OpenSSL servers are: its alert goes out on the socket (a trio
+    # server's SSLStream drops it). It holds the socket until the client has its answer, as
+    # servers linger; closing at once would reset the proxy's request and lose the alert.
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    answered = threading.Event()
+
+    def refuse(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(ssl.SSLError, OSError):
+            # A handshake run by wrap_socket closes the socket as soon as it fails.
+            tls = origin_certs.client_cert_required.wrap_socket(
+                conn, server_side=True, do_handshake_on_connect=False
+            )
+            with tls:
+                try:
+                    tls.do_handshake()
+                finally:
+                    answered.wait(10)
+
+    def accept_all() -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            while True:
+                conn, _ = server.accept()
+                threading.Thread(target=refuse, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept_all, daemon=True).start()
+    try:
+        result = await curl(proxy, "-i", f"https://site.localhost:{port}/secret")
+    finally:
+        answered.set()
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert b"HTTP/1.1 502 Bad Gateway" in result.stdout
+    assert result.stdout.endswith(
+        b"site.localhost requires a client certificate (TLS alert certificate_required); "
+        b"mitmlite presents none\n"
+    )
 
 
 async def test_closed_port_is_a_502_within_a_second(proxy: Proxy) -> None:
