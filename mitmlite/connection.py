@@ -190,19 +190,30 @@ async def _first_speaker(
     TLS and HTTP clients speak at once. One still silent after ``SILENT_CLIENT_GRACE`` is
     likely waiting for the server (SMTP, IMAP, FTP, MySQL greet first), so the upstream is
     opened then and both sides are read until the handshake timeout: the server's greeting
-    reaches the client as soon as it is sent, not when the timeout ends. None when either side
-    closes first, or the upstream cannot be reached (logged).
+    reaches the client as soon as it is sent, not when the timeout ends. Not when scripts are
+    loaded or the target is the onboarding host, which must not be contacted unasked (see
+    ``_may_preconnect``). None when either side closes first.
     """
     config = env.relay.config
+    deadline = trio.current_time() + config.timeouts.handshake
     with trio.move_on_after(min(SILENT_CLIENT_GRACE, config.timeouts.handshake)):
         data = bytes(await stream.receive_some(config.limits.read_size))
         return (data, None, b"") if data else None
     dest = Destination(target.host, target.port, tls=False, tunnel=True)
-    try:
-        upstream = await env.relay.connect(dest)
-    except MitmliteError as exc:
-        env.relay.sink.event(name, f"{target.authority} tunnel error: {exc}")
-        return None
+    upstream: Upstream | None = None
+    failed = False
+    if _may_preconnect(env, dest):
+        try:
+            upstream = await env.relay.connect(dest)
+        except MitmliteError as exc:
+            # A slow TLS client still gets its handshake and a 502 saying this, so wait on.
+            env.relay.sink.event(name, f"{target.authority} tunnel error: {exc}")
+            failed = True
+    if upstream is None:
+        with trio.move_on_at(deadline):
+            data = bytes(await stream.receive_some(config.limits.read_size))
+            return (data, None, b"") if data else None
+        return None if failed else (b"", None, b"")  # silent: a raw tunnel, as ever
     heard: dict[str, bytes] = {}
 
     async def listen(side: str, source: trio.abc.Stream, scope: trio.CancelScope) -> None:
@@ -210,11 +221,14 @@ async def _first_speaker(
             heard[side] = bytes(await source.receive_some(config.limits.read_size))
         scope.cancel()  # the first to speak (or close) decides
 
-    remaining = max(config.timeouts.handshake - SILENT_CLIENT_GRACE, 0.0)
-    async with trio.open_nursery() as nursery:
-        nursery.cancel_scope.deadline = trio.current_time() + remaining
-        nursery.start_soon(listen, "client", stream, nursery.cancel_scope)
-        nursery.start_soon(listen, "server", upstream.stream, nursery.cancel_scope)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.cancel_scope.deadline = deadline
+            nursery.start_soon(listen, "client", stream, nursery.cancel_scope)
+            nursery.start_soon(listen, "server", upstream.stream, nursery.cancel_scope)
+    except BaseException:  # cancelled from outside (a shutdown): the upstream is ours to close
+        await trio.aclose_forcefully(upstream.stream)
+        raise
     if heard.get("client") == b"" or heard.get("server") == b"":
         await upstream.stream.aclose()
         return None

@@ -402,8 +402,8 @@ class Relay:
 
         A reused keep-alive connection may turn out to be closed by the server, when the request
         is written or when the answer is an EOF. Then the request is sent once more on a fresh
-        connection, as long as none of its body has been consumed (RFC 9110 §9.2.2 allows this
-        for requests the server never started on).
+        connection, as long as none of its body has been consumed; after an unanswered EOF only
+        for idempotent methods, since the server may have acted on it (RFC 9110 §9.2.2).
         """
         head_events: list[h11.Event] = [request]
         buffered = isinstance(body, _Buffered)
@@ -432,7 +432,9 @@ class Relay:
                 elif body.data:
                     record.request_bytes = len(body.data)
                 record.timings.request_sent = time.monotonic()
-                head = await self._response_head(upstream, retry_on_eof=buffered)
+                head = await self._response_head(
+                    upstream, retry_on_eof=buffered and _idempotent(request.method)
+                )
                 record.timings.response_start = time.monotonic()
                 return upstream, head
             except _StaleUpstreamError:
@@ -1066,6 +1068,14 @@ async def _send_pending(stream: trio.abc.Stream, pending: list[bytes]) -> None:
     data = b"".join(pending)
     pending.clear()
     await stream.send_all(data)
+
+
+def _idempotent(method: bytes) -> bool:
+    """RFC 9110 §9.2.2: only these may be sent again after a connection closed unanswered.
+
+    The server may have received and acted on the first copy; a POST must not run twice.
+    """
+    return method in (b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE")
 
 
 def _check_framing(request: h11.Request) -> None:

@@ -547,3 +547,58 @@ async def test_other_hosts_are_preconnected_when_the_onboarding_site_is_on(
         await open_tunnel(proxy, b"site.test:443", root_file, "site.test")
         await trio.testing.wait_all_tasks_blocked()
     assert recorder.dests == [DEST]
+
+
+# --- a silent client after CONNECT (server-speaks-first detection) --------------------------------
+
+
+async def test_with_scripts_a_silent_client_does_not_open_the_upstream_early(
+    nursery: trio.Nursery, root: RootCA, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    scripts = Scripts([write(tmp_path / "hooks.py", "def request(flow):\n    pass\n")], print)
+    scripts.load()
+    recorder = Recorder()
+    config = Config(timeouts=Timeouts(handshake=3))
+    proxy = await start_proxy(
+        nursery, root, tmp_path / "leaves", recorder, config, hooks=HookRunner(scripts, print)
+    )
+    await proxy.client.send_all(b"CONNECT smtp.test:25 HTTP/1.1\r\nHost: smtp.test\r\n\r\n")
+    await proxy.client.receive_some(65536)
+    await trio.sleep(2.9)
+    assert recorder.dests == []  # only once the handshake time is up, as a raw tunnel
+    await trio.sleep(0.2)
+    assert recorder.dests == [Destination("smtp.test", 25, tls=False, tunnel=True)]
+
+
+async def test_a_slow_tls_client_after_an_unreachable_raw_open_still_gets_its_502(
+    nursery: trio.Nursery, root: RootCA, root_file: Path, tmp_path: Path
+) -> None:
+    recorder = Recorder(fail_with=UpstreamError("cannot connect to site.test:443: refused"))
+    proxy = await start_proxy(nursery, root, tmp_path, recorder, Config())
+    await proxy.client.send_all(b"CONNECT site.test:443 HTTP/1.1\r\nHost: site.test\r\n\r\n")
+    await proxy.client.receive_some(65536)
+    await trio.sleep(0.7)  # past the grace: the raw open is tried, and fails
+    ctx = ssl.create_default_context(cafile=str(root_file))
+    tls = trio.SSLStream(proxy.client, ctx, server_hostname="site.test")
+    with trio.fail_after(10):
+        await tls.do_handshake()
+        assert await get(tls, b"site.test", b"/") == (
+            502,
+            b"cannot connect to site.test:443: refused\n",
+        )
+
+
+async def test_a_connection_cancelled_while_both_sides_are_silent_closes_the_raw_upstream(
+    root: RootCA, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    recorder = Recorder()
+    env = ConnectionEnv(RelayEnv(Config(), recorder, Sink()), LeafCache(root, tmp_path))
+    client, proxy_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as connection:
+        connection.start_soon(handle_client, env, proxy_end)
+        await client.send_all(b"CONNECT smtp.test:25 HTTP/1.1\r\nHost: smtp.test\r\n\r\n")
+        await client.receive_some(65536)
+        await trio.sleep(1)
+        assert recorder.dests == [Destination("smtp.test", 25, tls=False, tunnel=True)]
+        connection.cancel_scope.cancel()  # as a shutdown's deadline does
+    assert await closed_by_proxy(recorder.far[0])

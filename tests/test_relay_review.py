@@ -317,3 +317,21 @@ def test_other_tls_failures_and_eofs_are_not_alerts(reason: str | None) -> None:
     assert _tls_alert(upstream, _broken_by(reason)) is None
     assert _tls_alert(upstream, _broken_by("UNEXPECTED_EOF", ssl.SSLEOFError)) is None
     assert _tls_alert(upstream, trio.BrokenResourceError()) is None
+
+
+async def test_a_post_whose_reused_connection_closes_unanswered_is_not_sent_again(
+    nursery: trio.Nursery,
+) -> None:
+    # The twin of the GET retry above: the server may have acted on it (RFC 9110 §9.2.2).
+    relay = await start_relay(nursery)
+    head, _ = await relay.client.get(b"/then-drop")
+    assert head.status_code == 200
+    await relay.client.send(
+        h11.Request(method="POST", target="/after", headers=[(b"Host", b"site.test"),
+                    (b"Content-Length", b"0")]),
+        h11.EndOfMessage(),
+    )  # fmt: skip
+    head, body, _ = await relay.client.response()
+    assert head.status_code == 502
+    assert body == b"site.test:443 closed the connection without a response\n"
+    assert relay.origin.connections == 1
