@@ -199,25 +199,39 @@ class _Message:
         content = self.content
         if content is None:
             return None
-        return content.decode(self._charset_of(content), "surrogateescape")
+        try:
+            return content.decode(self._charset_of(content), "surrogateescape")
+        except UnicodeDecodeError:  # codecs whose bad bytes are ASCII (UTF-16, ISO-2022-JP)
+            return content.decode("utf-8", "surrogateescape")
 
     @text.setter
     def text(self, value: str | None) -> None:
         """Set the body from text, in its charset; one that cannot hold the text becomes UTF-8.
 
         Switching to UTF-8 also rewrites the Content-Type's charset (adding ``text/plain;
-        charset=utf-8`` when there is none), as mitmproxy does, so the client decodes it right.
+        charset=utf-8`` when there is none), as mitmproxy does, so the client decodes it right;
+        so does non-ASCII text in a body that declared no charset anywhere. Nothing changes when
+        the text cannot be encoded at all (a lone surrogate): UnicodeEncodeError.
         """
         if value is None:
             self.content = None
             return
-        charset = self._charset_of(value[:_SNIFF].encode("ascii", "ignore"))
+        declared = self._declared_charset()
+        sniffed = (
+            None if declared else self._sniffed_charset(value[:_SNIFF].encode("utf-8", "replace"))
+        )
+        charset = declared or sniffed or "utf-8"
         try:
             encoded = value.encode(charset, "surrogateescape")
+            # UTF-8 nobody declared: say so, or a browser reads non-ASCII text as windows-1252.
+            declare = charset == "utf-8" and not (declared or sniffed) and not value.isascii()
+            declare = declare and "content-type" in self.headers
         except UnicodeEncodeError:
-            self._declare_charset("utf-8")
-            encoded = value.encode("utf-8", "surrogateescape")
+            encoded = value.encode("utf-8", "surrogateescape")  # raises before anything changed
+            declare = True
         self.content = encoded
+        if declare:
+            self._declare_charset("utf-8")
 
     def get_text(self) -> str | None:
         """``.text``, under mitmproxy's method name."""
@@ -238,16 +252,21 @@ class _Message:
         return self._charset_of(content)
 
     def _charset_of(self, content: bytes) -> str:
-        content_type = self.headers.get("content-type", "")
-        for part in content_type.split(";")[1:]:
+        return self._declared_charset() or self._sniffed_charset(content) or "utf-8"
+
+    def _declared_charset(self) -> str | None:
+        for part in self.headers.get("content-type", "").split(";")[1:]:
             key, _, value = part.strip().partition("=")
             if key.lower() == "charset" and value:
                 return _codec(value.strip('"'))
-        kind = content_type.split(";")[0].strip().lower()
+        return None
+
+    def _sniffed_charset(self, content: bytes) -> str | None:
+        kind = self.headers.get("content-type", "").split(";")[0].strip().lower()
         pattern = _META_CHARSET if "html" in kind else _CSS_CHARSET if kind == "text/css" else None
         if pattern is not None and (found := pattern.search(content[:_SNIFF])):
             return _codec(found.group(1).decode("ascii", "ignore"))
-        return "utf-8"
+        return None
 
     def _declare_charset(self, charset: str) -> None:
         content_type = self.headers.get("content-type", "")

@@ -892,3 +892,41 @@ def test_get_text_and_set_text_are_text() -> None:
 @pytest.mark.parametrize(("status", "reason"), [(403, "Forbidden"), (200, "OK"), (599, "")])
 def test_make_sets_the_standard_reason_phrase(status: int, reason: str) -> None:
     assert Response.make(status, "blocked").reason == reason
+
+
+# --- .text edge cases found in review -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "charset"), [(b"abc", "utf-16"), (b"\x1b$B!", "iso-2022-jp")])
+def test_text_of_bytes_the_charset_rejects_falls_back_to_utf8(raw: bytes, charset: str) -> None:
+    msg = response(raw, Content_Type=f"text/plain; charset={charset}")
+    assert msg.text == raw.decode("utf-8", "surrogateescape")  # no UnicodeDecodeError
+
+
+def test_text_set_back_unchanged_keeps_a_utf8_page_utf8() -> None:
+    # A <meta> beyond the sniffed bytes is ignored both ways, so the round trip is exact.
+    page = "<html>" + "\u00e9" * 3000 + '<meta charset="windows-1252">'
+    msg = response(page.encode(), Content_Type="text/html")
+    msg.text = msg.text
+    assert msg.raw_content == page.encode()
+
+
+def test_non_ascii_text_in_undeclared_html_declares_utf8() -> None:
+    msg = response(b"<p>plain</p>", Content_Type="text/html")
+    msg.text = "<p>caf\u00e9</p>"
+    assert msg.raw_content == "<p>caf\u00e9</p>".encode()
+    assert msg.headers["content-type"] == "text/html; charset=utf-8"
+
+
+def test_ascii_text_in_undeclared_html_changes_no_header() -> None:
+    msg = response(b"<p>plain</p>", Content_Type="text/html")
+    msg.text = "<p>cafe</p>"
+    assert msg.headers["content-type"] == "text/html"
+
+
+def test_text_that_cannot_be_encoded_at_all_changes_nothing() -> None:
+    msg = response(b"ok", Content_Type="text/plain; charset=latin-1")
+    with pytest.raises(UnicodeEncodeError):
+        msg.text = "\ud800"  # a lone surrogate outside surrogateescape's range
+    assert msg.headers["content-type"] == "text/plain; charset=latin-1"
+    assert msg.raw_content == b"ok"
