@@ -377,7 +377,8 @@ class Request(_Message):
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.authority}{self.path}"
+        # "*" (OPTIONS about the whole server) is no path of the URL.
+        return f"{self.scheme}://{self.authority}{'' if self.path == '*' else self.path}"
 
     @url.setter
     def url(self, value: str) -> None:

@@ -480,8 +480,11 @@ class Relay:
                 headers.insert(0, (b"Host", self.host_header))
             elif not any(n.lower() == b"host" for n, _ in headers):
                 # HTTP/1.0 may leave Host out, but we speak 1.1 upstream, where it is required
-                # (RFC 9112 §3.2): the tunnel's authority is the one the client meant.
-                site = self.fixed.origin.split("://", 1)[1]
+                # (RFC 9112 §3.2): the name the client's TLS asked for (a CONNECT to an
+                # address often carries the site's name only there), else the tunnel's.
+                fixed = self.fixed
+                named = dataclasses.replace(fixed, host=fixed.server_name or fixed.host)
+                site = named.origin.split("://", 1)[1]
                 headers.insert(0, (b"Host", site.encode("ascii")))
             return self.fixed, path, headers
         target = classify_request(request.method, request.target)
@@ -1189,6 +1192,8 @@ def _absolute_form(
     target = request.target
     if target.startswith(b"/"):
         target = dest.origin.encode("ascii") + target
+    elif target == b"*":  # only the last proxy sends "*" (RFC 9112 §3.2.4): this one is not
+        target = dest.origin.encode("ascii")
     headers = list(request.headers.raw_items())
     if authorization is not None:
         headers.append((b"Proxy-Authorization", authorization))

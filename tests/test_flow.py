@@ -930,3 +930,8 @@ def test_text_that_cannot_be_encoded_at_all_changes_nothing() -> None:
         msg.text = "\ud800"  # a lone surrogate outside surrogateescape's range
     assert msg.headers["content-type"] == "text/plain; charset=latin-1"
     assert msg.raw_content == b"ok"
+
+
+def test_the_url_of_an_options_asterisk_request_has_no_path() -> None:
+    req = Request("OPTIONS", "http", "site.test", 80, "*")
+    assert req.url == "http://site.test"

@@ -14,8 +14,8 @@ import trio.testing
 
 from mitmlite.config import Config, Timeouts
 from mitmlite.errors import UpstreamError
-from mitmlite.relay import _tls_alert
-from mitmlite.upstream import Upstream, client_conn, open_tcp
+from mitmlite.relay import _absolute_form, _tls_alert
+from mitmlite.upstream import Destination, Upstream, client_conn, open_tcp
 from tests.origin import pattern_bytes
 from tests.scripting import isolated_imports  # noqa: F401 - autouse fixture
 from tests.test_relay import start_relay
@@ -335,3 +335,28 @@ async def test_a_post_whose_reused_connection_closes_unanswered_is_not_sent_agai
     assert head.status_code == 502
     assert body == b"site.test:443 closed the connection without a response\n"
     assert relay.origin.connections == 1
+
+
+async def test_an_http10_request_without_host_gets_the_tls_server_name(
+    nursery: trio.Nursery,
+) -> None:
+    # A CONNECT to an address carries the site's name only in the client's SNI.
+    fixed = Destination("10.0.0.1", 443, tls=True, server_name="named.test")
+    relay = await start_relay(nursery, fixed=fixed)
+    await relay.raw.send_all(b"GET /echo HTTP/1.0\r\n\r\n")
+    with trio.fail_after(5):
+        reply = b""
+        while chunk := await relay.raw.receive_some(65536):
+            reply += chunk
+    assert ["Host", "named.test"] in json.loads(reply.partition(b"\r\n\r\n")[2])["headers"]
+
+
+def test_options_asterisk_through_an_upstream_proxy_is_absolute_form() -> None:
+    # Only the last proxy sends "*" (RFC 9112 §3.2.4); the next proxy must learn the origin.
+    request = h11.Request(method="OPTIONS", target="*", headers=[(b"Host", b"site.test:8080")])
+    sent = _absolute_form(request, Destination("site.test", 8080, tls=False), None)
+    assert sent.target == b"http://site.test:8080"
+    request = h11.Request(method="GET", target="/a", headers=[(b"Host", b"site.test:8080")])
+    assert _absolute_form(request, Destination("site.test", 8080, tls=False), None).target == (
+        b"http://site.test:8080/a"
+    )
