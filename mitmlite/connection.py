@@ -33,6 +33,7 @@ from mitmlite.tls.clienthello import (
     MAX_HELLO_LENGTH,
     ClientHello,
     looks_like_tls,
+    needs_rsa_leaf,
     parse_client_hello,
 )
 from mitmlite.tls.fingerprints import describe
@@ -167,13 +168,14 @@ async def _tunnel(
             return
         server_name = hello.sni or target.host
         offered = hello.alpn_protocols
+        rsa = needs_rsa_leaf(hello)
         why = await _passthrough_reason(env, name, target, hello)
         replay = PrefixedStream(stream, first)
         del hello, first  # the parsed and raw ClientHello would live as long as the tunnel
         if why is not None:
             await _raw_tunnel(env, replay, name, target, f"passthrough ({why})")
             return
-        await _intercept(env, replay, name, target, server_name, offered)
+        await _intercept(env, replay, name, target, server_name, offered, rsa=rsa)
     elif _looks_like_http(first):
         dest = Destination(target.host, target.port, tls=False)
         conn = new_server_conn(env)
@@ -294,13 +296,15 @@ async def _intercept(
     target: ConnectTarget,
     server_name: str,
     offered: tuple[str, ...] = (),
+    *,
+    rsa: bool = False,
 ) -> None:
     dest = Destination(target.host, target.port, tls=True, server_name=server_name)
     pool = env.relay.pool
     pooled = pool is not None and pool.has(dest) and not env.policy.upstream_cert
     if pooled or not _may_preconnect(env, dest):
         # Nothing to overlap when a pooled connection is waiting: the first request takes it.
-        context = _leaf_context(env, name, target, server_name)
+        context = _leaf_context(env, name, target, server_name, rsa=rsa)
         if context is not None:
             tls = _server_tls(stream, context)
             await _serve_intercepted(env, tls, name, dest, env.relay, offered)
@@ -316,7 +320,7 @@ async def _intercept(
             nursery.start_soon(early.run)
             try:
                 also = await early.certificate_names() if env.policy.upstream_cert else []
-                context = _leaf_context(env, name, target, server_name, also)
+                context = _leaf_context(env, name, target, server_name, also, rsa=rsa)
                 if context is not None:
                     tls = _server_tls(stream, context)
                     await _serve_intercepted(env, tls, name, dest, relay_env, offered)
@@ -331,10 +335,16 @@ async def _intercept(
 
 
 def _leaf_context(
-    env: ConnectionEnv, name: str, target: ConnectTarget, server_name: str, also: Sequence[str] = ()
+    env: ConnectionEnv,
+    name: str,
+    target: ConnectTarget,
+    server_name: str,
+    also: Sequence[str] = (),
+    *,
+    rsa: bool = False,
 ) -> ssl.SSLContext | None:
     try:
-        return env.leaves.context_for(server_name, also)
+        return env.leaves.context_for(server_name, also, rsa=rsa)
     except MitmliteError as exc:
         env.relay.sink.event(name, f"{target.authority} error: no certificate: {exc}")
         return None

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mitmlite.ca.authority import PrivateKey, RootCA, is_issued_by, leaf_sans, mint_leaf
 from mitmlite.ca.files import (
     LEAF_KEY_NAME,
     LEAVES_DIR,
+    RSA_LEAF_KEY_NAME,
     create_private,
     ensure_private_dir,
     key_to_pem,
@@ -91,17 +92,23 @@ class LeafCache:
         ensure_private_dir(directory)
         self.key_path = directory / LEAF_KEY_NAME
         self.leaf_key = _load_or_create_leaf_key(self.key_path)
+        self.rsa_key_path = directory / RSA_LEAF_KEY_NAME
+        self._rsa_key: PrivateKey | None = None  # made on the first client that needs it
 
-    def context_for(self, host: str, also: Sequence[str] = ()) -> ssl.SSLContext:
+    def context_for(
+        self, host: str, also: Sequence[str] = (), *, rsa: bool = False
+    ) -> ssl.SSLContext:
         """The server-side context for ``host``; raises InvalidHostError for invalid names.
 
         ``also``: more names for the leaf (the upstream certificate's); invalid ones are left out.
+        ``rsa``: a leaf with an RSA key, for a client that offers no ECDSA (old TLS 1.2 stacks).
         """
-        return self.leaf_for(host, also).context
+        return self.leaf_for(host, also, rsa=rsa).context
 
-    def leaf_for(self, host: str, also: Sequence[str] = ()) -> CachedLeaf:
+    def leaf_for(self, host: str, also: Sequence[str] = (), *, rsa: bool = False) -> CachedLeaf:
         """The cached leaf for ``host``, minting or reloading it when missing or near expiry."""
         key = host if not also else f"{host}|{','.join(also)}"
+        key = f"{key}#rsa" if rsa else key
         with self._lock:
             entry = self._entries.get(key)
             now = self.clock()
@@ -109,7 +116,7 @@ class LeafCache:
                 self._entries.move_to_end(key)
                 return entry
             extra = tuple(n for n in (extra_name(text) for text in also[:MAX_EXTRA]) if n)
-            entry = self._obtain(leaf_name(host), now, extra)
+            entry = self._obtain(leaf_name(host), now, extra, rsa=rsa)
             self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_hosts:
@@ -120,12 +127,13 @@ class LeafCache:
         return len(self._entries)
 
     def _obtain(
-        self, name: LeafName, now: dt.datetime, extra: tuple[LeafName, ...] = ()
+        self, name: LeafName, now: dt.datetime, extra: tuple[LeafName, ...] = (), *, rsa: bool
     ) -> CachedLeaf:
-        path = self.directory / leaf_file_name(name, extra)
-        cert = self._reusable(path, name, extra, now)
+        key, key_path = (self._rsa(), self.rsa_key_path) if rsa else (self.leaf_key, self.key_path)
+        path = self.directory / leaf_file_name(name, extra, rsa=rsa)
+        cert = self._reusable(path, name, extra, now, key)
         if cert is None:
-            cert = mint_leaf(self.root, self.leaf_key, name, now, extra)
+            cert = mint_leaf(self.root, key, name, now, extra)
             self.mints += 1
             chain = cert.public_bytes(serialization.Encoding.PEM) + self.root.cert.public_bytes(
                 serialization.Encoding.PEM
@@ -133,7 +141,12 @@ class LeafCache:
             write_file(path, chain, mode=0o600, durable=False)
             if self.mints % PRUNE_EVERY == 0:
                 self._prune_files()
-        return CachedLeaf(cert=cert, context=leaf_context(path, self.key_path))
+        return CachedLeaf(cert=cert, context=leaf_context(path, key_path))
+
+    def _rsa(self) -> PrivateKey:
+        if self._rsa_key is None:
+            self._rsa_key = _load_or_create_leaf_key(self.rsa_key_path, want_rsa=True)
+        return self._rsa_key
 
     def _prune_files(self) -> None:
         """Keep the newest ``max_files`` leaf files: any name a client sends mints one."""
@@ -149,7 +162,12 @@ class LeafCache:
                 path.unlink()
 
     def _reusable(
-        self, path: Path, name: LeafName, extra: tuple[LeafName, ...], now: dt.datetime
+        self,
+        path: Path,
+        name: LeafName,
+        extra: tuple[LeafName, ...],
+        now: dt.datetime,
+        key: PrivateKey,
     ) -> x509.Certificate | None:
         try:
             cert = x509.load_pem_x509_certificate(path.read_bytes())
@@ -158,7 +176,7 @@ class LeafCache:
             return None
         ok = (
             list(names) == leaf_sans(name, extra)
-            and cert.public_key() == self.leaf_key.public_key()
+            and cert.public_key() == key.public_key()
             and cert.not_valid_before_utc <= now
             and is_issued_by(cert, self.root)
         )
@@ -166,7 +184,7 @@ class LeafCache:
         return cert if ok and entry_is_fresh else None
 
 
-def leaf_file_name(name: LeafName, extra: Sequence[LeafName] = ()) -> str:
+def leaf_file_name(name: LeafName, extra: Sequence[LeafName] = (), *, rsa: bool = False) -> str:
     """The chain file for ``name``: one file per name, never the leaf key's file.
 
     ``+`` cannot occur in a host name, so an IPv6 address never maps onto a name like ``__1``,
@@ -177,7 +195,7 @@ def leaf_file_name(name: LeafName, extra: Sequence[LeafName] = ()) -> str:
     if extra:
         digest = hashlib.sha256(",".join(n.text for n in extra).encode()).hexdigest()[:16]
         base += f"+{digest}"
-    return f"{base}.chain.pem"
+    return f"{base}+rsa.chain.pem" if rsa else f"{base}.chain.pem"  # "+": never in a name
 
 
 def leaves_dir(ca_dir: Path) -> Path:
@@ -185,25 +203,30 @@ def leaves_dir(ca_dir: Path) -> Path:
     return ca_dir / LEAVES_DIR
 
 
-def _load_or_create_leaf_key(path: Path) -> PrivateKey:
+def _load_or_create_leaf_key(path: Path, *, want_rsa: bool = False) -> PrivateKey:
     # One key for every leaf: minting then costs a signature, not a key generation. It is never
     # the CA key, so a leaked leaf key cannot issue certificates (and Windows SChannel accepts it).
-    key = _read_leaf_key(path)
+    key = _read_leaf_key(path, want_rsa=want_rsa)
     if key is not None:
         return key
-    fresh = ec.generate_private_key(ec.SECP256R1())
+    fresh: PrivateKey = _new_rsa_key() if want_rsa else ec.generate_private_key(ec.SECP256R1())
     if path.exists():  # unreadable or not an EC key: replace it
         write_private(path, key_to_pem(fresh))
         return fresh
     if create_private(path, key_to_pem(fresh)):
         return fresh
     # Another process created the key first: use theirs, so both mint leaves with one key.
-    return _read_leaf_key(path) or fresh
+    return _read_leaf_key(path, want_rsa=want_rsa) or fresh
 
 
-def _read_leaf_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
+def _new_rsa_key() -> PrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _read_leaf_key(path: Path, *, want_rsa: bool = False) -> PrivateKey | None:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError):
         return None
-    return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
+    wanted = rsa.RSAPrivateKey if want_rsa else ec.EllipticCurvePrivateKey
+    return key if isinstance(key, wanted) else None

@@ -34,6 +34,7 @@ from mitmlite.errors import CAError
 CERT_NAME = "rootCA.pem"
 KEY_NAME = "rootCA-key.pem"
 LEAF_KEY_NAME = "mitmlite-leaf-key.pem"
+RSA_LEAF_KEY_NAME = "mitmlite-leaf-key-rsa.pem"  # for clients that cannot verify ECDSA
 LEAVES_DIR = "mitmlite-leaves"
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "ClientHelloError",
     "NeedMoreData",
     "looks_like_tls",
+    "needs_rsa_leaf",
     "parse_client_hello",
 ]
 
@@ -80,6 +81,25 @@ class ClientHello:
     ec_point_formats: tuple[int, ...]
     legacy_version: int
     raw: bytes
+
+
+# TLS 1.2 cipher suites whose certificate is ECDSA (IANA TLS Cipher Suites registry): ECDHE_ECDSA
+# and ECDH_ECDSA with RC4, 3DES, AES-CBC, AES-GCM, AES-CCM, Camellia, ARIA and ChaCha20.
+_ECDSA_SUITES: Final = frozenset(
+    {*range(0xC001, 0xC00B), 0xC023, 0xC024, 0xC025, 0xC026, 0xC02B, 0xC02C, 0xC02D, 0xC02E,
+     0xC048, 0xC049, 0xC04A, 0xC04B, 0xC05C, 0xC05D, 0xC05E, 0xC05F, 0xC072, 0xC073, 0xC074,
+     0xC075, 0xC086, 0xC087, 0xC088, 0xC089, *range(0xC0AC, 0xC0B0), 0xCCA9}
+)  # fmt: skip
+_TLS13: Final = 0x0304
+
+
+def needs_rsa_leaf(hello: ClientHello) -> bool:
+    """True for a client that could not verify our usual ECDSA leaf: no TLS 1.3 (where ECDSA is
+    mandatory to implement, RFC 8446 §9.1) and no TLS 1.2 cipher suite with an ECDSA
+    certificate. Older Java, Android and embedded stacks; mitmproxy answers them with RSA."""
+    if _TLS13 in hello.versions:
+        return False
+    return not any(suite in _ECDSA_SUITES for suite in hello.cipher_suites)
 
 
 def looks_like_tls(first_bytes: bytes) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import ssl
 import stat
 import subprocess
 import threading
@@ -14,10 +15,11 @@ import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mitmlite.ca.authority import RootCA
 from mitmlite.ca.cache import REMINT_MARGIN, LeafCache
-from mitmlite.ca.files import LEAF_KEY_NAME
+from mitmlite.ca.files import LEAF_KEY_NAME, RSA_LEAF_KEY_NAME
 from mitmlite.errors import InvalidHostError
 from tests.ca.conftest import NOW, handshake, handshake_fails, pem, serve_tls, strict_client
 
@@ -317,3 +319,38 @@ def test_leaf_files_under_the_bound_are_kept(tmp_path: Path, root: RootCA) -> No
     for index in range(3):
         cache.context_for(f"k{index}.test")
     assert len(list((tmp_path / "leaves").glob("*.chain.pem"))) == 3
+
+
+# --- RSA leaves, for clients that cannot verify ECDSA -------------------------------------------
+
+
+def test_rsa_leaves_use_their_own_key_file_and_cache_entry(tmp_path: Path, root: RootCA) -> None:
+    cache = LeafCache(root, tmp_path)
+    ec_leaf = cache.leaf_for("example.com")
+    assert not (tmp_path / RSA_LEAF_KEY_NAME).exists()  # only made when a client needs it
+    rsa_leaf = cache.leaf_for("example.com", rsa=True)
+    assert isinstance(rsa_leaf.cert.public_key(), rsa.RSAPublicKey)
+    assert not isinstance(ec_leaf.cert.public_key(), rsa.RSAPublicKey)
+    assert sans(rsa_leaf.cert) == sans(ec_leaf.cert)
+    assert cache.leaf_for("example.com", rsa=True) is rsa_leaf
+    assert cache.leaf_for("example.com") is ec_leaf
+    key_file = tmp_path / RSA_LEAF_KEY_NAME
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    # A fresh cache (a restart) reuses the RSA leaf file with the same key.
+    again = LeafCache(root, tmp_path).leaf_for("example.com", rsa=True)
+    assert again.cert == rsa_leaf.cert
+
+
+async def test_an_rsa_only_client_completes_a_handshake_only_with_the_rsa_leaf(
+    tmp_path: Path, root: RootCA, ca_file: Path, nursery: trio.Nursery
+) -> None:
+    cache = LeafCache(root, tmp_path / "leaves")
+    client = strict_client(ca_file)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    client.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")  # as old Java or Android stacks offer
+    port = await nursery.start(serve_tls, cache.context_for("example.com", rsa=True))
+    assert (await handshake(port, client, "example.com")).startswith(b"HTTP/1.1 200 OK")
+    # The twin: the usual ECDSA leaf shares no cipher suite with it.
+    port = await nursery.start(serve_tls, cache.context_for("example.com"))
+    with pytest.raises(trio.BrokenResourceError):
+        await handshake(port, client, "example.com")

@@ -221,6 +221,14 @@ async def test_an_upstream_that_requires_a_client_certificate_is_a_502_saying_so
     )
 
 
+async def test_a_client_without_ecdsa_gets_an_rsa_leaf(proxy: Proxy, origin: Origin) -> None:
+    # Older Java, Android and embedded TLS stacks: TLS 1.2 with RSA cipher suites only.
+    rsa_only = ["--tls-max", "1.2", "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"]
+    result = await curl(proxy, *rsa_only, origin.url("/old-client"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"origin /old-client"
+
+
 async def test_closed_port_is_a_502_within_a_second(proxy: Proxy) -> None:
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))

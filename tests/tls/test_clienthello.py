@@ -17,6 +17,7 @@ from mitmlite.tls.clienthello import (
     ClientHelloError,
     NeedMoreData,
     looks_like_tls,
+    needs_rsa_leaf,
     parse_client_hello,
 )
 
@@ -531,3 +532,35 @@ def test_mutated_captures_only_raise_client_hello_error(name: str, index: int, v
 @given(st.lists(st.integers(1, len(TYPICAL) - 1), max_size=8, unique=True))
 def test_any_record_split_parses_the_same(cuts: list[int]) -> None:
     assert parsed(records(TYPICAL, *sorted(cuts))) == parsed(records(TYPICAL))
+
+
+# --- which leaf key a client can verify ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_real_clients_take_the_ecdsa_leaf(name: str) -> None:
+    assert not needs_rsa_leaf(parsed(capture(name)))
+
+
+@pytest.mark.parametrize(
+    ("suites", "versions", "rsa"),
+    [
+        (u16s(0xC02F, 0x009C), (0x0303,), True),  # ECDHE-RSA-AES128-GCM, AES128-GCM only
+        (u16s(0xC02F, 0xC02B), (0x0303,), False),  # ECDHE-ECDSA-AES128-GCM offered too
+        (u16s(0xCCA8, 0xCCA9), (0x0303,), False),  # ChaCha20 with ECDSA
+        (u16s(0x1301, 0xC02F), (TLS13, 0x0303), False),  # TLS 1.3: ECDSA is mandatory
+        (
+            u16s(
+                0x002F,
+            ),
+            (),
+            True,
+        ),  # no supported_versions at all: TLS 1.2 and below
+    ],
+)
+def test_needs_rsa_leaf_for_clients_without_ecdsa(
+    suites: bytes, versions: tuple[int, ...], rsa: bool
+) -> None:
+    extensions = sni_ext(b"old.test") + (versions_ext(*versions) if versions else b"")
+    data = records(message(body(extensions, suites)))
+    assert needs_rsa_leaf(parsed(data)) is rsa
