@@ -51,7 +51,9 @@ class Headers(MutableMapping[str, str]):
     see them one by one. Setting a name replaces every field of that name, in place.
     """
 
-    def __init__(self, fields: HeadersInit | None = None) -> None:
+    def __init__(self, fields: HeadersInit | None = None, **headers: str) -> None:
+        """From fields, a mapping, or keywords as in mitmproxy (``content_type="text/html"``
+        is ``Content-Type``: underscores become dashes)."""
         self.fields: RawFields = []
         if isinstance(fields, Headers):
             # Its items() would join duplicates, and Set-Cookie fields must never be joined.
@@ -60,6 +62,8 @@ class Headers(MutableMapping[str, str]):
             fields = list(fields.items())
         for name, value in fields or ():
             self.fields.append((_b(name), _b(value)))
+        for keyword, value in headers.items():
+            self.fields.append((_b(keyword.replace("_", "-")), _b(value)))
 
     def get_all(self, name: str) -> list[str]:
         key = _key(name)
@@ -78,6 +82,17 @@ class Headers(MutableMapping[str, str]):
     def add(self, name: str, value: str) -> None:
         """Append a field, keeping any existing ones of that name (for Set-Cookie)."""
         self.fields.append((_b(name), _b(value)))
+
+    def insert(self, index: int, name: str, value: str) -> None:
+        """Insert a field at ``index`` among all fields (mitmproxy's ``insert``)."""
+        self.fields.insert(index, (_b(name), _b(value)))
+
+    def items(self, multi: bool = False) -> Any:
+        """As a mapping's ``items()``; ``multi=True`` lists every field, duplicates apart, with
+        their original name case (mitmproxy's ``items(multi=True)``)."""
+        if multi:
+            return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.fields]
+        return super().items()
 
     def __getitem__(self, name: str) -> str:
         values = self.get_all(name)

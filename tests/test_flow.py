@@ -935,3 +935,19 @@ def test_text_that_cannot_be_encoded_at_all_changes_nothing() -> None:
 def test_the_url_of_an_options_asterisk_request_has_no_path() -> None:
     req = Request("OPTIONS", "http", "site.test", 80, "*")
     assert req.url == "http://site.test"
+
+
+def test_headers_mitmproxy_conveniences() -> None:
+    headers = Headers(content_type="text/html", x_a="1")
+    assert headers.fields == [(b"content-type", b"text/html"), (b"x-a", b"1")]
+    headers.add("Set-Cookie", "a=1")
+    headers.add("Set-Cookie", "b=2")
+    headers.insert(0, "Host", "site.test")
+    assert headers.items(multi=True) == [
+        ("Host", "site.test"),
+        ("content-type", "text/html"),
+        ("x-a", "1"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    ]
+    assert dict(headers.items())["Set-Cookie"] == "a=1, b=2"  # the mapping view joins them
