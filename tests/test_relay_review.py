@@ -18,7 +18,7 @@ from mitmlite.relay import _absolute_form, _tls_alert
 from mitmlite.upstream import Destination, Upstream, client_conn, open_tcp
 from tests.origin import pattern_bytes
 from tests.scripting import isolated_imports  # noqa: F401 - autouse fixture
-from tests.test_relay import start_relay
+from tests.test_relay import read_all, start_relay
 from tests.test_relay_hooks import start
 
 
@@ -156,10 +156,8 @@ async def test_trailers_are_dropped_for_an_http10_client_which_still_gets_the_bo
     # the client got an empty reply.
     relay = await start_relay(nursery)
     await relay.raw.send_all(b"GET /trailers HTTP/1.0\r\nHost: site.test\r\n\r\n")
-    data = b""
     with trio.fail_after(5):
-        while chunk := await relay.raw.receive_some(65536):
-            data += chunk
+        data = await read_all(relay.raw)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert body == b"hello"
@@ -179,9 +177,7 @@ async def test_a_request_framed_by_both_length_and_chunking_is_refused(
         b"Transfer-Encoding: chunked\r\n\r\n" + smuggled
     )
     with trio.fail_after(5):
-        reply = b""
-        while chunk := await relay.raw.receive_some(65536):
-            reply += chunk
+        reply = await read_all(relay.raw)
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert reply.endswith(b"request has both Content-Length and Transfer-Encoding\n")
     assert relay.origin.requests == []  # nothing reached the upstream
@@ -250,9 +246,7 @@ async def test_an_http10_request_without_host_in_a_tunnel_gets_the_tunnel_host(
     relay = await start_relay(nursery)
     await relay.raw.send_all(b"GET /echo HTTP/1.0\r\n\r\n")
     with trio.fail_after(5):
-        reply = b""
-        while chunk := await relay.raw.receive_some(65536):
-            reply += chunk
+        reply = await read_all(relay.raw)
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
     assert ["Host", "site.test"] in json.loads(body)["headers"]
@@ -262,9 +256,7 @@ async def test_an_http10_request_with_its_own_host_keeps_it(nursery: trio.Nurser
     relay = await start_relay(nursery)
     await relay.raw.send_all(b"GET /echo HTTP/1.0\r\nHost: other.test\r\n\r\n")
     with trio.fail_after(5):
-        reply = b""
-        while chunk := await relay.raw.receive_some(65536):
-            reply += chunk
+        reply = await read_all(relay.raw)
     body = reply.partition(b"\r\n\r\n")[2]
     assert ["Host", "other.test"] in json.loads(body)["headers"]
 
@@ -345,9 +337,7 @@ async def test_an_http10_request_without_host_gets_the_tls_server_name(
     relay = await start_relay(nursery, fixed=fixed)
     await relay.raw.send_all(b"GET /echo HTTP/1.0\r\n\r\n")
     with trio.fail_after(5):
-        reply = b""
-        while chunk := await relay.raw.receive_some(65536):
-            reply += chunk
+        reply = await read_all(relay.raw)
     assert ["Host", "named.test"] in json.loads(reply.partition(b"\r\n\r\n")[2])["headers"]
 
 
