@@ -37,6 +37,7 @@ from bench_proxy import (
     mitmdump_spec,
     mitmlite_spec,
 )
+from bench_speed import tls_ms_per_mib
 from bench_table import Row, Target, Value, render_table
 
 import mitmlite
@@ -368,6 +369,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     settings = settings_from(args)
     load_before = load_average()
+    speed_before = tls_ms_per_mib()
     rows: list[Row] = []
     hook_table: list[Row] = []
     notes: list[str] = []
@@ -391,6 +393,10 @@ def main(argv: list[str]) -> int:
     print(header())
     print(f"Origin: {first_line([NGINX, '-v'])}, TLS on 127.0.0.1; runs per proxy: {args.runs}")
     print(f"Load average at start: {load_before}; at end: {load_average()}")
+    print(
+        f"Machine speed: OpenSSL encrypt+decrypt {speed_before:.2f} ms of CPU per MiB at start, "
+        f"{tls_ms_per_mib():.2f} at end (a floor for CPU per MiB; VMs drift, so compare ratios)"
+    )
     print()
     print(render_table(rows))
     if hook_table:
