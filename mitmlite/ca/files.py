@@ -14,6 +14,8 @@ import os
 import secrets
 import socket
 import stat
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,16 +77,45 @@ def init_ca(directory: Path, now: dt.datetime, key_type: KeyType = "ec") -> Load
             raise CAError(f"{path} already exists; refusing to overwrite a CA")
     ensure_private_dir(directory)
     root = create_root(install_name(now), now, key_type)
-    write_private(key_path, key_to_pem(root.key))
+    # The key is created exclusively: of two processes starting on an empty home at once, one
+    # writes the CA and the other uses it (load_or_init), instead of each signing leaves with a
+    # CA the other then overwrites.
+    if not create_private(key_path, key_to_pem(root.key)):
+        raise _CreatedElsewhere(f"{key_path} already exists; refusing to overwrite a CA")
     write_file(cert_path, root.cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return LoadedCA(root=root, cert_path=cert_path, key_path=key_path)
 
 
+class _CreatedElsewhere(CAError):
+    """Another process created the CA key between our check and our write."""
+
+
+# How long a process that lost the race waits for the winner's certificate (written right after
+# its key): far longer than that write takes, short enough to fail clearly if the winner died.
+_OTHER_WRITER_SECONDS = 10.0
+
+
 def load_or_init(directory: Path, now: dt.datetime) -> tuple[LoadedCA, bool]:
     """Load the CA in ``directory``, creating it first when there is none; True when created."""
-    if (directory / CERT_NAME).exists():
-        return load_ca(directory / CERT_NAME, None, None, now), False
-    return init_ca(directory, now), True
+    cert_path = directory / CERT_NAME
+    if cert_path.exists():
+        return load_ca(cert_path, None, None, now), False
+    if not (directory / KEY_NAME).exists():
+        try:
+            return init_ca(directory, now), True
+        except _CreatedElsewhere:
+            pass
+    # A key without its certificate: another process is writing this CA right now.
+    pause = threading.Event()  # startup code, before any event loop: a plain wait is fine
+    deadline = time.monotonic() + _OTHER_WRITER_SECONDS
+    while not cert_path.exists() and time.monotonic() < deadline:
+        pause.wait(0.02)
+    if not cert_path.exists():
+        raise CAError(
+            f"{directory / KEY_NAME} exists without {CERT_NAME}: another mitmlite started "
+            "creating this CA and did not finish; remove the key file and start again"
+        )
+    return load_ca(cert_path, None, None, now), False
 
 
 def load_ca(

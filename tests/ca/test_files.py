@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import socket
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
+from mitmlite.ca import files
 from mitmlite.ca.authority import PrivateKey, RootCA, mint_leaf
 from mitmlite.ca.cache import LeafCache
 from mitmlite.ca.files import (
@@ -117,6 +119,56 @@ def test_load_or_init_creates_once(tmp_path: Path) -> None:
     second, created_again = load_or_init(tmp_path / "home", NOW)
     assert (created, created_again) == (True, False)
     assert first.root.cert == second.root.cert
+
+
+def test_processes_starting_together_on_an_empty_home_share_one_ca(tmp_path: Path) -> None:
+    # Two mitmlites started at once on a fresh home: before, each could write its own CA and
+    # the one overwritten went on signing leaves with a CA that was no longer on disk.
+    home = tmp_path / "home"
+    start = threading.Barrier(4)
+    results: list[tuple[bytes, bool]] = []
+
+    def start_one() -> None:
+        start.wait()
+        loaded, created = load_or_init(home, NOW)
+        results.append((loaded.root.cert.public_bytes(serialization.Encoding.DER), created))
+
+    threads = [threading.Thread(target=start_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len({cert for cert, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    on_disk = x509.load_pem_x509_certificate((home / "rootCA.pem").read_bytes())
+    assert on_disk.public_bytes(serialization.Encoding.DER) == results[0][0]
+
+
+def test_the_process_that_lost_the_race_waits_for_the_winners_certificate(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    winner = init_ca(tmp_path / "winner", NOW)
+    home.mkdir(mode=0o700)
+    (home / "rootCA-key.pem").write_bytes(winner.key_path.read_bytes())  # key written, cert not
+    late = threading.Timer(0.2, lambda: (home / "rootCA.pem").write_bytes(
+        winner.cert_path.read_bytes()))  # fmt: skip
+    late.start()
+    loaded, created = load_or_init(home, NOW)
+    late.join()
+    assert created is False
+    assert loaded.root.cert == winner.root.cert
+
+
+def test_a_key_whose_certificate_never_comes_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "_OTHER_WRITER_SECONDS", 0.1)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "rootCA-key.pem").write_bytes(b"left by a process that died")
+    with pytest.raises(CAError, match=r"exists without rootCA\.pem: another mitmlite started"):
+        load_or_init(home, NOW)
 
 
 def test_default_home(tmp_path: Path) -> None:
