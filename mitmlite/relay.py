@@ -596,6 +596,8 @@ class Relay:
         self, upstream: Upstream, *, retry_on_eof: bool = False
     ) -> h11.Response | h11.InformationalResponse:
         where = authority(upstream.host, upstream.port)
+        if upstream.absolute_form:
+            where += " (through the upstream proxy)"  # it may be the one that failed
         timeout = self.timeouts.upstream_response
         try:
             with trio.fail_after(timeout):
@@ -611,6 +613,14 @@ class Relay:
                 upstream.shareable = False
             if isinstance(event, h11.Response) and _ambiguous_framing(event):
                 upstream.keep_alive = False  # read by Transfer-Encoding; trust nothing after it
+            if upstream.absolute_form and event.status_code == 407:
+                # The upstream proxy wants credentials the client cannot give: its challenge is
+                # hop-by-hop (RFC 9110 §7.6.1) and a client's Proxy-Authorization is ours.
+                upstream.keep_alive = False
+                raise UpstreamError(
+                    "the upstream proxy answered 407 Proxy Authentication Required; "
+                    "put credentials in the --upstream-proxy URL"
+                )
             return event
         if retry_on_eof and isinstance(event, h11.ConnectionClosed):
             raise _StaleUpstreamError

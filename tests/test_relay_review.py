@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 import h11
@@ -14,11 +15,12 @@ import trio.testing
 
 from mitmlite.config import Config, Timeouts
 from mitmlite.errors import UpstreamError
-from mitmlite.relay import _absolute_form, _tls_alert
+from mitmlite.relay import Relay, RelayEnv, _absolute_form, _tls_alert
 from mitmlite.upstream import Destination, Upstream, client_conn, open_tcp
+from tests.fakes import Sink
 from tests.origin import pattern_bytes
 from tests.scripting import isolated_imports  # noqa: F401 - autouse fixture
-from tests.test_relay import read_all, start_relay
+from tests.test_relay import Client, read_all, start_relay
 from tests.test_relay_hooks import start
 
 
@@ -350,3 +352,57 @@ def test_options_asterisk_through_an_upstream_proxy_is_absolute_form() -> None:
     assert _absolute_form(request, Destination("site.test", 8080, tls=False), None).target == (
         b"http://site.test:8080/a"
     )
+
+
+@dataclass
+class ProxyThatAnswers:
+    """An upstream proxy (absolute-form requests) that answers every request with ``reply``."""
+
+    nursery: trio.Nursery
+    reply: bytes
+
+    async def __call__(self, dest: Destination) -> Upstream:
+        await trio.lowlevel.checkpoint()
+        near, far = trio.testing.memory_stream_pair()
+
+        async def answer() -> None:
+            async with far:
+                await far.receive_some(65536)
+                await far.send_all(self.reply)
+
+        self.nursery.start_soon(answer)
+        return Upstream(dest.host, dest.port, near, client_conn(), absolute_form=True)
+
+
+async def through_proxy(nursery: trio.Nursery, reply: bytes) -> tuple[h11.Response, bytes]:
+    env = RelayEnv(Config(), ProxyThatAnswers(nursery, reply), Sink())
+    client_end, proxy_end = trio.testing.memory_stream_pair()
+    conn = h11.Connection(h11.SERVER)
+    nursery.start_soon(Relay(env, proxy_end, conn, "test", None).run)
+    client = Client(client_end)
+    with trio.fail_after(5):
+        return await client.get(b"http://site.test/", [(b"Host", b"site.test")])
+
+
+async def test_an_upstream_proxys_407_is_a_502_saying_where_credentials_go(
+    nursery: trio.Nursery,
+) -> None:
+    # Passed on, it lost its hop-by-hop challenge and the client could not answer it anyway.
+    head, body = await through_proxy(
+        nursery,
+        b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+        b'Proxy-Authenticate: Basic realm="up"\r\nContent-Length: 0\r\n\r\n',
+    )
+    assert head.status_code == 502
+    assert body == (
+        b"the upstream proxy answered 407 Proxy Authentication Required; "
+        b"put credentials in the --upstream-proxy URL\n"
+    )
+
+
+async def test_an_upstream_proxys_403_is_passed_on(nursery: trio.Nursery) -> None:
+    # The twin: any other answer is the origin's or the proxy's to give the client.
+    head, body = await through_proxy(
+        nursery, b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\nno way"
+    )
+    assert (head.status_code, body) == (403, b"no way")
