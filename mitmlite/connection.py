@@ -103,17 +103,16 @@ async def handle_client(
 async def _serve_until_connect(
     env: ConnectionEnv, stream: trio.abc.Stream, name: str
 ) -> tuple[ConnectTarget, bytes] | None:
-    conn = new_server_conn(env)
+    conn = new_server_conn(env.relay.config)
     request = await Relay(env.relay, stream, conn, name, fixed=None).run()
     if request is None:
         return None
     return await _connect(env, stream, conn, name, request)
 
 
-def new_server_conn(env: ConnectionEnv) -> h11.Connection:
+def new_server_conn(config: Config) -> h11.Connection:
     """An h11 server-side machine with our header limit (h11 answers overruns with a 431 hint)."""
-    limit = env.relay.config.limits.max_header_bytes
-    return h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=config.limits.max_header_bytes)
 
 
 async def _connect(
@@ -178,7 +177,7 @@ async def _tunnel(
         await _intercept(env, replay, name, target, server_name, offered, rsa=rsa)
     elif _looks_like_http(first):
         dest = Destination(target.host, target.port, tls=False)
-        conn = new_server_conn(env)
+        conn = new_server_conn(env.relay.config)
         await Relay(env.relay, PrefixedStream(stream, first), conn, name, fixed=dest).run()
     else:
         await _raw_tunnel(env, PrefixedStream(stream, first), name, target)
@@ -306,7 +305,7 @@ async def _intercept(
         # Nothing to overlap when a pooled connection is waiting: the first request takes it.
         context = _leaf_context(env, name, target, server_name, rsa=rsa)
         if context is not None:
-            tls = _server_tls(stream, context)
+            tls = client_tls_layer(stream, context)
             await _serve_intercepted(env, tls, name, dest, env.relay, offered)
         return
     # The upstream is opened while the client's handshake runs: both cost round trips and
@@ -322,7 +321,7 @@ async def _intercept(
                 also = await early.certificate_names() if env.policy.upstream_cert else []
                 context = _leaf_context(env, name, target, server_name, also, rsa=rsa)
                 if context is not None:
-                    tls = _server_tls(stream, context)
+                    tls = client_tls_layer(stream, context)
                     await _serve_intercepted(env, tls, name, dest, relay_env, offered)
             except Exception as exc:  # raised below, outside the nursery, so not in a group
                 failure = exc
@@ -350,9 +349,10 @@ def _leaf_context(
         return None
 
 
-def _server_tls(
+def client_tls_layer(
     stream: trio.abc.Stream, context: ssl.SSLContext
 ) -> trio.SSLStream[trio.abc.Stream]:
+    """The TLS layer we present to a client (the proxy's, an interception's, a reverse one's)."""
     # Not https_compatible: closing sends close_notify (RFC 8446 §6.1), so a client can tell a
     # complete close-delimited response from a truncated one. The relay treats a client's EOF
     # without close_notify (which then raises BrokenResourceError) as an ordinary close.
@@ -381,7 +381,7 @@ async def _serve_intercepted(
     if not await _client_handshake(env, tls, name, dest.server_name or dest.host):
         return
     try:
-        relay = Relay(relay_env, tls, new_server_conn(env), name, fixed=dest)
+        relay = Relay(relay_env, tls, new_server_conn(env.relay.config), name, fixed=dest)
         relay.offered_alpn = offered
         await relay.run()
     finally:

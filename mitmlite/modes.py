@@ -19,6 +19,7 @@ import trio
 from mitmlite.config import Config
 from mitmlite.connection import (
     ConnectionEnv,
+    client_tls_layer,
     first_bytes,
     handle_client,
     peer_name,
@@ -84,7 +85,7 @@ async def handle_tls_proxy_client(
         env.relay.sink.event(name, f"error: plain HTTP sent to the TLS listener ({reason})")
         await _plain_refusal(stream, reason)
         return
-    tls = trio.SSLStream(PrefixedStream(stream, first), context, server_side=True)
+    tls = client_tls_layer(PrefixedStream(stream, first), context)
     if (failure := await server_handshake(tls, config.timeouts.handshake)) is not None:
         env.relay.sink.event(name, f"error: TLS handshake with the proxy listener {failure}")
         return

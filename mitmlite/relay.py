@@ -622,8 +622,7 @@ class Relay:
                     "put credentials in the --upstream-proxy URL"
                 )
             return event
-        if retry_on_eof and isinstance(event, h11.ConnectionClosed):
-            raise _StaleUpstreamError
+        # An EOF before the head is _ClosedBeforeResponseError above; this is anything else.
         raise UpstreamError(f"{where} closed the connection without a response")
 
     async def _relay_response_body(

@@ -11,12 +11,17 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-import h11
 import trio
 
 from mitmlite.ca.cache import LeafCache
 from mitmlite.config import ReverseTarget
-from mitmlite.connection import first_bytes, read_client_hello, server_handshake
+from mitmlite.connection import (
+    client_tls_layer,
+    first_bytes,
+    new_server_conn,
+    read_client_hello,
+    server_handshake,
+)
 from mitmlite.errors import MitmliteError
 from mitmlite.relay import Relay, RelayEnv
 from mitmlite.streams import PrefixedStream
@@ -47,7 +52,7 @@ async def handle_reverse_client(env: ReverseEnv, stream: trio.abc.Stream, name: 
     first = await first_bytes(stream, config)
     if not first:
         return  # closed or silent: there is no one to answer
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.limits.max_header_bytes)
+    conn = new_server_conn(config)
     host = env.target.authority.encode("ascii")
     if not looks_like_tls(first):
         relay = Relay(env.relay, PrefixedStream(stream, first), conn, name, env.destination, host)
@@ -59,7 +64,7 @@ async def handle_reverse_client(env: ReverseEnv, stream: trio.abc.Stream, name: 
     except MitmliteError as exc:
         env.relay.sink.event(name, f"reverse error: {exc}")
         return
-    tls = trio.SSLStream(PrefixedStream(stream, first), context, server_side=True)
+    tls = client_tls_layer(PrefixedStream(stream, first), context)
     if (failure := await server_handshake(tls, config.timeouts.handshake)) is not None:
         env.relay.sink.event(name, f"reverse error: client TLS handshake {failure}")
         return

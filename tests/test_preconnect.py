@@ -32,6 +32,7 @@ from mitmlite.upstream import Connector, Destination, Preconnect, TCPConnector, 
 from tests.fakes import Sink
 from tests.origin import OriginState, serve_origin, serve_origin_tcp
 from tests.scripting import isolated_imports, write  # noqa: F401 - autouse fixture
+from tests.test_connection import get_over as get
 
 NOW = dt.datetime.now(dt.UTC)
 DEST = Destination("site.test", 443, tls=True, server_name="site.test")
@@ -275,23 +276,6 @@ async def open_tunnel(
     tls = trio.SSLStream(proxy.client, ctx, server_hostname=name)
     await tls.do_handshake()
     return tls
-
-
-async def get(stream: trio.abc.Stream, host: bytes, target: bytes) -> tuple[int, bytes]:
-    conn = h11.Connection(h11.CLIENT)
-    request = h11.Request(method="GET", target=target, headers=[(b"Host", host)])
-    await stream.send_all((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
-    status, body = 0, b""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(65536)))
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            return status, body
 
 
 @dataclass
