@@ -482,9 +482,7 @@ class Relay:
                 # HTTP/1.0 may leave Host out, but we speak 1.1 upstream, where it is required
                 # (RFC 9112 §3.2): the name the client's TLS asked for (a CONNECT to an
                 # address often carries the site's name only there), else the tunnel's.
-                fixed = self.fixed
-                named = dataclasses.replace(fixed, host=fixed.server_name or fixed.host)
-                site = named.origin.split("://", 1)[1]
+                site = self.fixed.host_header(self.fixed.server_name or self.fixed.host)
                 headers.insert(0, (b"Host", site.encode("ascii")))
             return self.fixed, path, headers
         target = classify_request(request.method, request.target)

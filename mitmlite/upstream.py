@@ -43,10 +43,14 @@ class Destination:
     @property
     def origin(self) -> str:
         """``scheme://host[:port]`` for URLs in logs, the port left out when it is the default."""
-        scheme = "https" if self.tls else "http"
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{self.host_header(self.host)}"
+
+    def host_header(self, host: str) -> str:
+        """``host`` with this destination's port, as a Host field has it: [IPv6], default port
+        left out."""
+        bracketed = f"[{host}]" if ":" in host else host
         default = 443 if self.tls else 80
-        return f"{scheme}://{host}" if self.port == default else f"{scheme}://{host}:{self.port}"
+        return bracketed if self.port == default else f"{bracketed}:{self.port}"
 
 
 # h11 bounds a head still arriving at 16 KiB unless told otherwise, and a response head is the
