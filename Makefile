@@ -33,7 +33,11 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
+# The benchmark's TLS origin is nginx; as root on Debian it is installed when missing.
 bench: $(STAMP)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || test "$$(id -u)" != 0 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends nginx >/dev/null; }
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 clean:

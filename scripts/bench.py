@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_ca import CAResult, measure_ca
-from bench_origin import NGINX, Origin, run_origin
+from bench_origin import NGINX, Origin, nginx_missing, run_origin
 from bench_proxy import (
     Failure,
     MiB,
@@ -368,6 +368,10 @@ def makers_from(args: argparse.Namespace) -> tuple[list[SpecMaker], list[SpecMak
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     settings = settings_from(args)
+    missing = nginx_missing() if args.only in (None, "proxy") else None
+    if missing is not None:
+        print(f"bench: {missing}", file=sys.stderr)
+        return 2
     load_before = load_average()
     speed_before = tls_ms_per_mib()
     rows: list[Row] = []

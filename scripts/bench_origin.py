@@ -25,6 +25,10 @@ import trustme
 from bench_procfs import children
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX_MISSING = (
+    "nginx (the benchmark's TLS origin) is not installed: `make bench` installs it when run as "
+    "root, or `apt-get install nginx`"
+)
 SMALL_SIZE = 1024
 START_TIMEOUT = 15.0
 
@@ -41,6 +45,11 @@ class Origin:
 
     def pids(self) -> tuple[int, ...]:
         return (self.master_pid, *children(self.master_pid))
+
+
+def nginx_missing(path: str = NGINX) -> str | None:
+    """Why the origin cannot start (one line), or None when nginx is there to run."""
+    return None if os.access(path, os.X_OK) else NGINX_MISSING
 
 
 def free_port() -> int:

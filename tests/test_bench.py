@@ -121,3 +121,16 @@ def test_machine_speed_reference_measures_real_tls_work() -> None:
     # AES-GCM both ways costs about 1 ms per MiB on these 2-core VMs; far outside means the
     # measurement is not of TLS records (an empty loop, a failed handshake).
     assert 0.05 < cost < 50, cost
+
+
+def test_nginx_missing_is_a_one_line_reason_and_present_is_none(tmp_path: Path) -> None:
+    from bench_origin import nginx_missing
+
+    absent = tmp_path / "nginx"
+    assert nginx_missing(str(absent)) == (
+        "nginx (the benchmark's TLS origin) is not installed: `make bench` installs it when run "
+        "as root, or `apt-get install nginx`"
+    )
+    absent.write_text("#!/bin/sh\n")
+    absent.chmod(0o755)
+    assert nginx_missing(str(absent)) is None
