@@ -1,10 +1,10 @@
 """glibc malloc settings for a process that relays bodies in buffers of a few hundred KiB.
 
-Bodies move through the relay in pieces of up to ``streams.TRANSPORT_READ`` (256 KiB): the
+Bodies move through the relay in pieces of up to ``streams.TRANSPORT_READ`` (512 KiB): the
 socket read, the TLS plaintext, h11's receive buffer, the encrypted output. glibc serves blocks
 from 128 KiB up with mmap (its threshold then adapts, but only upwards and only to the size of a
 freed block) and gives the top of its heap back to the kernel once 128 KiB of it is free. With
-256 KiB blocks allocated and freed for every read, both happen all the time, and each time the
+such blocks allocated and freed for every read, both happen all the time, and each time the
 kernel maps, zeroes and faults in fresh pages: measured, h11 alone went from 0.11 to 1.5 ms of
 CPU per MiB, and the proxy's 100 MiB download from about 350 to 200 MiB/s (issue 3).
 
