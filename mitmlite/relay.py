@@ -15,7 +15,7 @@ import dataclasses
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 from urllib.parse import urlsplit
@@ -60,12 +60,14 @@ from mitmlite.http1 import (
 )
 from mitmlite.onboarding import is_onboarding_host, onboarding_response
 from mitmlite.pool import UpstreamPool
-from mitmlite.streams import PrefixedStream, pipe, receive_batch
+from mitmlite.streams import PrefixedStream, deferred_send_error, pipe, receive_batch
 from mitmlite.tls.clienthello import looks_like_tls
 from mitmlite.upstream import Connector, Destination, Upstream, authority
 
 Headers = list[tuple[bytes, bytes]]
 _E = TypeVar("_E", bound=h11.Event)
+# How long the rest of a body we answered early is read and dropped before closing (_linger).
+LINGER_SECONDS = 2.0
 
 
 class IdleClients:
@@ -163,6 +165,10 @@ def _tls_alert(upstream: Upstream, exc: BaseException) -> _TLSAlertError | None:
             "mitmlite presents none"
         )
     return _TLSAlertError(f"{upstream.host} ended the connection with TLS alert {name}")
+
+
+class _UpstreamSendError(UpstreamError):
+    """The upstream stopped taking our bytes (it closed or reset the connection)."""
 
 
 class _ClosedBeforeResponseError(UpstreamError):
@@ -338,6 +344,7 @@ class Relay:
         except MitmliteError as exc:
             record.error = str(exc)
             await self._fail(exc, record)
+            await self._linger()
             return False
         finally:
             record.duration = time.monotonic() - record.started
@@ -345,7 +352,27 @@ class Relay:
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
             return True
+        await self._linger()
         return False
+
+    async def _linger(self) -> None:
+        """Read and drop what the client still sends of a body we answered before its end.
+
+        The answer (an upstream's early 413, our 502) says ``Connection: close``; closing at
+        once, with its upload unread, would reset the connection and could destroy that answer
+        in the client's receive buffer before it is read (curl: "Send failure: Connection reset
+        by peer"). Like nginx's lingering close, keep reading until the client stops or
+        ``LINGER_SECONDS`` pass.
+        """
+        answered = self.conn.our_state in (h11.DONE, h11.MUST_CLOSE)
+        if not answered or self.conn.their_state is not h11.SEND_BODY:
+            return
+        with (
+            trio.move_on_after(LINGER_SECONDS),
+            suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            while await self.client.receive_some(self.read_size):
+                pass
 
     async def _fail(self, exc: MitmliteError, record: FlowRecord | None) -> None:
         """Answer with the error when no response has started; either way the client is done."""
@@ -427,14 +454,23 @@ class Relay:
                 self._upstream_detail(record, upstream, None if reused else connect_start)
             try:
                 await self._send_upstream(upstream, *head_events)
+                refused: _UpstreamSendError | None = None
                 if isinstance(body, _Streamed):
-                    record.request_bytes = await self._relay_request_body(upstream, body)
+                    try:
+                        record.request_bytes = await self._relay_request_body(upstream, body)
+                    except _UpstreamSendError as exc:
+                        refused = exc  # it stopped reading, perhaps after answering: look
                 elif body.data:
                     record.request_bytes = len(body.data)
                 record.timings.request_sent = time.monotonic()
-                head = await self._response_head(
-                    upstream, retry_on_eof=buffered and _idempotent(request.method)
-                )
+                try:
+                    head = await self._response_head(
+                        upstream, retry_on_eof=buffered and _idempotent(request.method)
+                    )
+                except UpstreamError:
+                    if refused is not None:
+                        raise refused from None  # no answer: say what failed first
+                    raise
                 record.timings.response_start = time.monotonic()
                 return upstream, head
             except _StaleUpstreamError:
@@ -581,7 +617,7 @@ class Relay:
             await self._send_client(_informational(head))
             head = await self._response_head(upstream)
         record.status = head.status_code
-        headers = strip_hop_by_hop(head.headers.raw_items())
+        headers = self._closing_early(strip_hop_by_hop(head.headers.raw_items()))
         if self._capture is not None:
             self._response_detail(record, head, headers)
         response = h11.Response(status_code=head.status_code, headers=headers, reason=head.reason)
@@ -651,6 +687,17 @@ class Relay:
             await self._flush_client()
             self._record.timings.response_end = time.monotonic()
             return received
+
+    def _closing_early(self, fields: Headers) -> Headers:
+        """``fields``, plus ``Connection: close`` when the client is still sending its body.
+
+        An upstream may answer before the request body ends (a 413 for an upload it will not
+        take) and stop reading. The rest of the body is never relayed, so this connection
+        cannot carry another request: the client is told so, and stops sending.
+        """
+        if self.conn.their_state is h11.SEND_BODY:
+            return [*fields, (b"Connection", b"close")]
+        return fields
 
     def _client_end(self, event: h11.EndOfMessage, sent: h11.Response) -> h11.EndOfMessage:
         """The body's end as the client's framing can carry it.
@@ -850,6 +897,7 @@ class Relay:
             prefix = []
         transform = resp.stream if callable(resp.stream) else None
         fields = messages.framed_for_stream(resp.headers, transformed=transform is not None)
+        fields = self._closing_early(fields)
         record.status = resp.status_code
         head_out = _built(lambda: messages.response_head(resp, fields))
         if self._capture is not None:
@@ -891,6 +939,7 @@ class Relay:
             fields = messages.framed_for_body(resp.headers, body, had_body=True)
         else:
             fields, body = list(resp.headers.fields), b""
+        fields = self._closing_early(fields)
         head = _built(lambda: messages.response_head(resp, fields))
         events: list[h11.Event] = [head, h11.Data(data=body)] if body else [head]
         record.status = resp.status_code
@@ -1062,11 +1111,13 @@ class Relay:
     async def _flush_upstream(self, upstream: Upstream) -> None:
         try:
             await _send_pending(upstream.stream, upstream.pending)
+            if failed := deferred_send_error(upstream.stream):
+                raise failed  # the TLS layer is still readable: the answer may be waiting
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             upstream.conn.send_failed()
             if alert := _tls_alert(upstream, exc):
                 raise alert from exc  # the server said why: not a stale connection to retry
-            raise UpstreamError(
+            raise _UpstreamSendError(
                 "upstream closed the connection while receiving the request"
             ) from exc
 

@@ -1,7 +1,7 @@
 """Stream helpers: large transport reads, replaying bytes already read, and a raw two-way pipe.
 
-Owns ``LargeReads`` (what every TLS layer sits on, see ``tls_transport``), the socket send queue
-(``deepen_send_queue``), ``PrefixedStream``
+Owns ``LargeReads`` (what every TLS layer sits on, see ``tls_transport``; upstream ones as
+``DeferredSendErrors``), the socket send queue (``deepen_send_queue``), ``PrefixedStream``
 (bytes peeked from a client, such as its ClientHello, or left in h11's buffer, are returned
 before anything new is read) and ``pipe`` (tunnels and upgraded connections: two tasks, one per
 direction, each the only writer of its destination).
@@ -105,6 +105,39 @@ class LargeReads(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class DeferredSendErrors(LargeReads):
+    """The transport under an upstream TLS layer: a failed send is noted in ``send_error``.
+
+    trio's SSLStream treats any failed transport send as fatal for reading as well. But a
+    server that answers early (a 413 for an upload it will not take, a 401) and then closes
+    leaves that answer readable in our socket after the reset that fails our next send (Linux
+    keeps received data readable). The relay checks ``send_error`` after each flush, stops
+    sending, and reads the answer, as curl does and mitmproxy did in a side-by-side run. Later
+    sends are dropped, so closing the connection (close_notify) stays quiet.
+    """
+
+    __slots__ = ("send_error",)
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self.send_error: trio.BrokenResourceError | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.send_error is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await self.inner.send_all(data)
+        except trio.BrokenResourceError as exc:
+            self.send_error = exc
+
+
+def deferred_send_error(stream: trio.abc.Stream) -> trio.BrokenResourceError | None:
+    """The send failure a TLS ``stream``'s ``DeferredSendErrors`` transport noted, if any."""
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else None
+    return transport.send_error if isinstance(transport, DeferredSendErrors) else None
 
 
 class PrefixedStream(LargeReads):

@@ -27,7 +27,7 @@ import trio
 from cryptography import x509
 
 from mitmlite.errors import UpstreamCertificateError, UpstreamError, UpstreamTimeoutError
-from mitmlite.streams import deepen_send_queue, tls_transport
+from mitmlite.streams import DeferredSendErrors, deepen_send_queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +269,8 @@ async def start_tls(
     ``session`` (from an earlier handshake with the same name, see ``SessionCache``) is offered
     for resumption; a server that declines it gets a full, verified handshake.
     """
-    stream = trio.SSLStream(
-        tls_transport(tcp), context, server_hostname=server_name, https_compatible=True
+    stream: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
+        DeferredSendErrors(tcp), context, server_hostname=server_name, https_compatible=True
     )
     if session is not None:
         stream.session = session

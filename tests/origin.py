@@ -9,6 +9,8 @@ Routes (all deterministic, so tests can assert on exact bytes):
   /then-drop         a normal keep-alive response; the next request on that connection is read
                      and the connection closed without an answer (a server's idle-close race)
   /drop              read the request, close without an answer
+  /reject-upload     413 "upload refused" from the request head alone, then close, body unread
+  /cut-upload        close after the request head, body unread, no answer
   /cl-te             "hello" framed by both Content-Length: 3 and chunked; then silence
   /half-close/N      N bytes delimited by close, no Connection: close, as over TLS: the server's
                      side ends (as with close_notify) while it still reads what is sent after
@@ -120,6 +122,15 @@ async def _serve(conn: _Conn) -> None:
     while True:
         event = await conn.next_event()
         if not isinstance(event, h11.Request):
+            return
+        early = urlsplit(event.target.decode()).path
+        if early in ("/reject-upload", "/cut-upload"):
+            # Decided from the head alone, the body left unread; closing then resets the
+            # connection, as servers that refuse an upload outright do.
+            conn.state.requests.append(event.target.decode())
+            if early == "/reject-upload":
+                refusal = (b"Content-Type", b"text/plain"), (b"Connection", b"close")
+                await conn.respond(413, list(refusal), b"upload refused\n")
             return
         body = b""
         while not isinstance(ev := await conn.next_event(), h11.EndOfMessage):

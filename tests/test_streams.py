@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 from dataclasses import dataclass, field
 
 import pytest
@@ -14,9 +15,11 @@ import trustme
 from mitmlite.streams import (
     SEND_QUEUE,
     TRANSPORT_READ,
+    DeferredSendErrors,
     LargeReads,
     PrefixedStream,
     deepen_send_queue,
+    deferred_send_error,
     pipe,
     receive_batch,
     tls_transport,
@@ -626,3 +629,47 @@ async def test_receive_batch_client_facing_side_does_not_write(
     with trio.fail_after(5):
         assert await receive_batch(pair.server, 65536) == b"request"
     assert writes == []
+
+
+# --- DeferredSendErrors ---------------------------------------------------------------------------
+
+RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets instead of FIN
+
+
+async def test_deferred_send_errors_keeps_a_reset_connections_answer_readable() -> None:
+    left, right = await connected_sockets()
+    transport = DeferredSendErrors(left)
+    await right.send_all(b"413 answer")
+    right.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+    await right.aclose()  # SO_LINGER 0: a reset, as a server closing with our bytes unread
+    with trio.fail_after(5):
+        while transport.send_error is None:
+            await transport.send_all(b"x" * 65536)
+        await transport.send_all(b"dropped quietly")  # later sends do not raise either
+        assert await transport.receive_some() == b"413 answer"
+    await left.aclose()
+
+
+async def test_plain_large_reads_raises_the_send_failure_itself() -> None:
+    left, right = await connected_sockets()
+    right.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+    await right.aclose()
+    with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+        await send_until_it_fails(LargeReads(left))
+    await left.aclose()
+
+
+async def send_until_it_fails(stream: trio.abc.Stream) -> None:
+    while True:
+        await stream.send_all(b"x" * 65536)
+
+
+async def test_deferred_send_error_is_read_through_a_tls_layer() -> None:
+    transport = DeferredSendErrors(Recorder())
+    context = ssl.create_default_context()
+    tls = trio.SSLStream(transport, context, server_hostname="site.localhost")
+    assert deferred_send_error(tls) is None
+    transport.send_error = trio.BrokenResourceError("reset")
+    assert deferred_send_error(tls) is transport.send_error
+    assert deferred_send_error(trio.SSLStream(Recorder(), context, server_hostname="x")) is None
+    assert deferred_send_error(Recorder()) is None

@@ -112,6 +112,40 @@ async def test_expect_100_continue(proxy: Proxy, origin: Origin) -> None:
     assert json.loads(result.stdout)["body_length"] == len(payload)
 
 
+@pytest.mark.parametrize("https", [True, False], ids=["https", "http"])
+async def test_an_upload_refused_before_its_end_gets_the_servers_answer(
+    proxy: Proxy, origin: Origin, plain_origin: Origin, https: bool
+) -> None:
+    # The origin answers 413 from the head and closes with the body unread (a reset): the
+    # answer must reach curl, as it does without a proxy, not a 502 or a reset of its own.
+    target = origin if https else plain_origin
+    url = target.url("/reject-upload", scheme="https" if https else "http")
+    payload = b"u" * 20_000_000
+    for _ in range(3):  # the resets race the answer: more than once
+        result = await curl(
+            proxy, "--data-binary", "@-", "-w", "\n%{http_code}", url, https=https, stdin=payload
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"upload refused\n\n413"
+    after = await curl(proxy, target.url("/after", scheme="https" if https else "http"),
+                       https=https)  # fmt: skip
+    assert after.stdout == b"origin /after"
+
+
+@pytest.mark.parametrize("https", [True, False], ids=["https", "http"])
+async def test_an_upload_cut_off_without_an_answer_is_a_502_saying_so(
+    proxy: Proxy, origin: Origin, plain_origin: Origin, https: bool
+) -> None:
+    target = origin if https else plain_origin
+    url = target.url("/cut-upload", scheme="https" if https else "http")
+    result = await curl(
+        proxy, "--data-binary", "@-", "-w", "\n%{http_code}", url, https=https,
+        stdin=b"u" * 20_000_000,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"upstream closed the connection while receiving the request\n\n502"
+
+
 @pytest.mark.parametrize("status", [204, 304])
 async def test_bodiless_statuses(proxy: Proxy, origin: Origin, status: int) -> None:
     result = await curl(proxy, "-i", origin.url(f"/status/{status}"), origin.url("/after"))
