@@ -453,11 +453,21 @@ class Relay:
             if self._capture is not None:
                 self._upstream_detail(record, upstream, None if reused else connect_start)
             try:
-                await self._send_upstream(upstream, *head_events)
-                refused: _UpstreamSendError | None = None
+                refused: UpstreamError | None = None
+                try:
+                    await self._send_upstream(upstream, *head_events)
+                except _StaleUpstreamError:
+                    if reused:
+                        raise
+                    # A fresh connection is not stale: what it sent before closing (a 413 for
+                    # a large buffered body) is its answer, if anything.
+                    refused = UpstreamError(
+                        f"{authority(dest.host, dest.port)} closed the connection"
+                    )
                 if isinstance(body, _Streamed):
                     try:
-                        record.request_bytes = await self._relay_request_body(upstream, body)
+                        if refused is None:
+                            record.request_bytes = await self._relay_request_body(upstream, body)
                     except _UpstreamSendError as exc:
                         refused = exc  # it stopped reading, perhaps after answering: look
                 elif body.data:
