@@ -453,25 +453,9 @@ class Relay:
             if self._capture is not None:
                 self._upstream_detail(record, upstream, None if reused else connect_start)
             try:
-                refused: UpstreamError | None = None
-                try:
-                    await self._send_upstream(upstream, *head_events)
-                except _StaleUpstreamError:
-                    if reused:
-                        raise
-                    # A fresh connection is not stale: what it sent before closing (a 413 for
-                    # a large buffered body) is its answer, if anything.
-                    refused = UpstreamError(
-                        f"{authority(dest.host, dest.port)} closed the connection"
-                    )
-                if isinstance(body, _Streamed):
-                    try:
-                        if refused is None:
-                            record.request_bytes = await self._relay_request_body(upstream, body)
-                    except _UpstreamSendError as exc:
-                        refused = exc  # it stopped reading, perhaps after answering: look
-                elif body.data:
-                    record.request_bytes = len(body.data)
+                refused = await self._send_request(
+                    upstream, dest, head_events, body, record, reused
+                )
                 record.timings.request_sent = time.monotonic()
                 try:
                     head = await self._response_head(
@@ -490,6 +474,38 @@ class Relay:
                         f"{authority(dest.host, dest.port)} closed the connection"
                     ) from None
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _send_request(
+        self,
+        upstream: Upstream,
+        dest: Destination,
+        head_events: list[h11.Event],
+        body: _Body,
+        record: FlowRecord,
+        reused: bool,
+    ) -> UpstreamError | None:
+        """Send a request; None once all of it went out, else why the upstream stopped taking it.
+
+        An upstream may answer before the body ends (a 413 for an upload it refuses) and reset
+        the connection, which fails our next write. Its answer is still readable, so a fresh
+        connection failing the head, or any failing a streamed body, is reported back: the
+        caller reads a response and reports this only when none came. A reused connection that
+        fails the head is stale (``_StaleUpstreamError``, raised) and the request is retried.
+        """
+        try:
+            await self._send_upstream(upstream, *head_events)
+        except _StaleUpstreamError:
+            if reused:
+                raise
+            return UpstreamError(f"{authority(dest.host, dest.port)} closed the connection")
+        if isinstance(body, _Streamed):
+            try:
+                record.request_bytes = await self._relay_request_body(upstream, body)
+            except _UpstreamSendError as exc:
+                return exc
+        elif body.data:
+            record.request_bytes = len(body.data)
+        return None
 
     async def _onboarding(
         self, root: RootCA, request: h11.Request, target: bytes, record: FlowRecord
