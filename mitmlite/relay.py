@@ -375,7 +375,16 @@ class Relay:
                 pass
 
     async def _fail(self, exc: MitmliteError, record: FlowRecord | None) -> None:
-        """Answer with the error when no response has started; either way the client is done."""
+        """Answer with the error when no response has started; either way the client is done.
+
+        A response whose head (and perhaps first bytes) waits in our queue when it fails goes
+        out as far as it got, so the client sees it cut short, as it would without us, rather
+        than an empty reply.
+        """
+        if self.conn.our_state is h11.SEND_BODY and self._client_pending:
+            with trio.move_on_after(self.timeouts.handshake), suppress(ClientError):
+                await self._flush_client()
+            return
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or exc.status is None:
             return
         if record is not None:
@@ -640,7 +649,7 @@ class Relay:
                 record.status = 101
                 await self._switch_protocols(upstream, head, record)
                 return
-            await self._send_client(_informational(head))
+            await self._relay_informational(head)
             head = await self._response_head(upstream)
         record.status = head.status_code
         headers = self._closing_early(strip_hop_by_hop(head.headers.raw_items()))
@@ -714,6 +723,18 @@ class Relay:
             self._record.timings.response_end = time.monotonic()
             return received
 
+    async def _relay_informational(self, head: h11.InformationalResponse) -> None:
+        """Pass a 1xx (103 Early Hints, 102) on, unless the client speaks HTTP/1.0.
+
+        We send every request upstream as HTTP/1.1, so a server may answer a 1.0 client's request
+        with a 1xx; RFC 9110 §15.2 forbids sending one to a 1.0 client, which would take it for
+        the final response.
+        """
+        version = self.conn.their_http_version
+        if version is not None and version < b"1.1":
+            return
+        await self._send_client(_informational(head))
+
     def _closing_early(self, fields: Headers) -> Headers:
         """``fields``, plus ``Connection: close`` when the client is still sending its body.
 
@@ -768,6 +789,8 @@ class Relay:
         try:
             event = upstream.conn.next_event()
         except h11.RemoteProtocolError as exc:
+            if "without a pending proposal" in str(exc):  # a 101 to a request that did not ask
+                raise UpstreamError("upstream switched protocols without being asked") from exc
             reason = protocol_error_text(exc)
             raise UpstreamError(f"malformed response from upstream: {reason}") from exc
         if event is h11.NEED_DATA:
@@ -896,7 +919,7 @@ class Relay:
                 record.status = 101
                 await self._switch_protocols(upstream, head, record)
                 return True
-            await self._send_client(_informational(head))
+            await self._relay_informational(head)
             head = await self._response_head(upstream)
         flow.timestamps.response_start = time.monotonic()
         resp = flow.response = messages.response_from_head(head, _stripped(head))
@@ -1166,7 +1189,7 @@ def _idempotent(method: bytes) -> bool:
 
 
 def _check_framing(request: h11.Request) -> None:
-    """Refuse a request framed both by Content-Length and by Transfer-Encoding.
+    """Refuse a request framed both by Content-Length and by Transfer-Encoding, or HTTP/1.0 chunked.
 
     h11 reads such a body by Transfer-Encoding; a server behind us that read it by length would
     take the rest as another request, one the next client's request could be appended to
@@ -1175,6 +1198,10 @@ def _check_framing(request: h11.Request) -> None:
     names = {name for name, _ in request.headers}
     if b"content-length" in names and b"transfer-encoding" in names:
         raise ClientError("request has both Content-Length and Transfer-Encoding")
+    if request.http_version == b"1.0" and b"transfer-encoding" in names:
+        # HTTP/1.0 has no Transfer-Encoding: a server behind us may read this body by another
+        # rule, so RFC 9112 §6.1 says to treat the framing as faulty.
+        raise ClientError("HTTP/1.0 request with Transfer-Encoding")
 
 
 def _ambiguous_framing(head: h11.Response) -> bool:

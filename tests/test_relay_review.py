@@ -406,3 +406,122 @@ async def test_an_upstream_proxys_403_is_passed_on(nursery: trio.Nursery) -> Non
         nursery, b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\nno way"
     )
     assert (head.status_code, body) == (403, b"no way")
+
+
+# --- found by a second side-by-side run against mitmdump ------------------------------------------
+
+
+@dataclass
+class OriginThatAnswers:
+    """An origin that answers the first request it reads with ``reply``, then closes."""
+
+    nursery: trio.Nursery
+    reply: bytes
+
+    async def __call__(self, dest: Destination) -> Upstream:
+        await trio.lowlevel.checkpoint()
+        near, far = trio.testing.memory_stream_pair()
+
+        async def answer() -> None:
+            async with far:
+                await far.receive_some(65536)
+                await far.send_all(self.reply)
+
+        self.nursery.start_soon(answer)
+        return Upstream(dest.host, dest.port, near, client_conn())
+
+
+async def raw_exchange(nursery: trio.Nursery, request: bytes, reply: bytes) -> bytes:
+    """Everything a raw client gets for ``request`` through a tunnel to an origin's ``reply``."""
+    env = RelayEnv(Config(), OriginThatAnswers(nursery, reply), Sink())
+    client_end, proxy_end = trio.testing.memory_stream_pair()
+    dest = Destination("site.test", 443, tls=True)
+
+    async def serve() -> None:
+        async with proxy_end:  # as the connection's owner does once the relay returns
+            await Relay(env, proxy_end, h11.Connection(h11.SERVER), "test", dest).run()
+
+    nursery.start_soon(serve)
+    await client_end.send_all(request)
+    await client_end.send_eof()  # no next request: the relay closes after this one
+    with trio.fail_after(5):
+        return await read_all(client_end)
+
+
+EARLY_HINTS = (
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+)
+
+
+async def test_a_1xx_is_not_sent_to_an_http10_client(nursery: trio.Nursery) -> None:
+    # We ask upstream in HTTP/1.1, so it may send a 103; a 1.0 client takes the first status
+    # line for the answer (RFC 9110 §15.2 forbids sending it one).
+    reply = await raw_exchange(nursery, b"GET / HTTP/1.0\r\nHost: site.test\r\n\r\n", EARLY_HINTS)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert b"103" not in reply
+    assert reply.endswith(b"\r\n\r\nok")
+
+
+async def test_a_1xx_reaches_an_http11_client(nursery: trio.Nursery) -> None:
+    reply = await raw_exchange(nursery, b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n", EARLY_HINTS)
+    assert reply.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+    assert b"HTTP/1.1 200 OK\r\n" in reply
+    assert reply.endswith(b"\r\n\r\nok")
+
+
+async def test_an_http10_request_with_transfer_encoding_is_refused(nursery: trio.Nursery) -> None:
+    # RFC 9112 §6.1: HTTP/1.0 has no Transfer-Encoding; a server behind us may frame it otherwise.
+    reply = await raw_exchange(
+        nursery,
+        b"POST / HTTP/1.0\r\nHost: site.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4\r\nbody\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert reply.endswith(b"HTTP/1.0 request with Transfer-Encoding\n")
+
+
+async def test_an_http10_request_with_content_length_is_relayed(nursery: trio.Nursery) -> None:
+    reply = await raw_exchange(
+        nursery,
+        b"POST / HTTP/1.0\r\nHost: site.test\r\nContent-Length: 4\r\n\r\nbody",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert reply.endswith(b"\r\n\r\nok")
+
+
+async def test_a_body_that_breaks_after_its_head_reaches_the_client_as_far_as_it_got(
+    nursery: trio.Nursery,
+) -> None:
+    # Head, one good chunk and a bad chunk size in one read: the head was still queued when the
+    # body failed, and the client got nothing at all ("Empty reply from server").
+    reply = await raw_exchange(
+        nursery,
+        b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert reply.endswith(b"\r\n\r\n5\r\nhello\r\n")  # cut short: no last chunk
+
+
+async def test_a_head_that_is_malformed_is_a_502_with_the_reason(nursery: trio.Nursery) -> None:
+    # The twin: nothing was queued, so the client gets our 502.
+    reply = await raw_exchange(
+        nursery,
+        b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 502 ")
+    assert b"malformed response from upstream" in reply
+
+
+async def test_an_unasked_101_is_a_502_in_words(nursery: trio.Nursery) -> None:
+    reply = await raw_exchange(
+        nursery,
+        b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 502 ")
+    assert reply.endswith(b"upstream switched protocols without being asked\n")
