@@ -48,6 +48,12 @@ class HeaderTooLargeError(ClientError):
     status = 431
 
 
+class TargetTooLongError(HeaderTooLargeError):
+    """The request line alone exceeds the header limit: the URI is what is too long."""
+
+    status = 414
+
+
 class ClientTimeoutError(ClientError):
     """The client did not finish its request in time."""
 

@@ -63,6 +63,7 @@ _REG_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
 _IPV6_CHARS = frozenset("0123456789abcdef:.")
 _DIGITS = frozenset("0123456789")
 _OWS = b" \t"  # RFC 9110 §5.6.3
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
 _QUOTE_LIMIT = 80
 
 
@@ -107,6 +108,21 @@ class AbsoluteTarget:
         """The target as a URL, the default port left out, for logs and hooks."""
         path = "" if self.path == b"*" else self.path.decode("ascii")
         return f"{self.scheme}://{self.host_header.decode('ascii')}{path}"
+
+
+def percent_encode_request_line(head: bytes) -> bytes:
+    """``head`` with the bytes outside ASCII in its first line percent-encoded (RFC 3986 §2.1).
+
+    curl sends a query as typed (``?q=ü`` as raw UTF-8) and servers take it, but h11 reads only
+    visible ASCII in a request target, so such a request got a 400. Percent-encoded it is the
+    URI those bytes stand for, as browsers send it. Only the first line changes: header values
+    may carry such bytes (obs-text), and h11 takes them there.
+    """
+    end = head.find(b"\n")
+    line, rest = (head, b"") if end < 0 else (head[:end], head[end:])
+    if line.isascii():
+        return head
+    return _NON_ASCII.sub(lambda match: b"%%%02X" % match.group()[0], line) + rest
 
 
 def classify_request(method: bytes, target: bytes) -> ConnectTarget | AbsoluteTarget:
@@ -258,9 +274,9 @@ def _absolute_http(scheme: str, rest: str, text: str, *, asterisk: bool = False)
         raise ClientError(f"absolute-form https target {_quote(text)}: use CONNECT for https")
     if scheme != "http":
         raise ClientError(f"scheme {_quote(scheme)} is not supported: only http:// and CONNECT")
-    if "#" in rest:
-        # absolute-form is an absolute-URI, which has no fragment (RFC 9112 §3.2.2).
-        raise ClientError(f"request target {_quote(text)} has a fragment ('#')")
+    # absolute-form is an absolute-URI, which has no fragment (RFC 9112 §3.2.2), but clients
+    # have sent one; it never concerns the server, so it is dropped (mitmproxy passes it on).
+    rest = rest.partition("#")[0]
     end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     authority, path = rest[:end], rest[end:]
     host, port = parse_host_port(authority, 80, what="URL authority")

@@ -34,6 +34,7 @@ from mitmlite.errors import (
     HeaderTooLargeError,
     HookOutputError,
     MitmliteError,
+    TargetTooLongError,
     UpstreamError,
     UpstreamTimeoutError,
 )
@@ -54,6 +55,7 @@ from mitmlite.http1 import (
     error_response,
     header_block_size,
     is_upgrade_request,
+    percent_encode_request_line,
     protocol_error_text,
     reason_phrase,
     strip_hop_by_hop,
@@ -298,6 +300,8 @@ class Relay:
                                 "client started TLS on the plain-HTTP proxy port: use an "
                                 "http:// proxy URL, or start mitmlite with --listen-tls"
                             )
+                    if not started and not data.isascii():
+                        data = percent_encode_request_line(bytes(data))
                     self.conn.receive_data(cast(bytes, data))
                     if not started:
                         head_deadline = trio.current_time() + self.timeouts.request_header
@@ -311,16 +315,20 @@ class Relay:
         # h11 bounds only a head still arriving; one that arrives whole in a single read can be
         # any size, so the limit is enforced here too.
         limit = self.env.config.limits.max_header_bytes
+        if len(request.target) > limit:
+            raise _head_too_large(limit, target=True)
         if len(request.target) + header_block_size(request.headers) > limit:
-            raise HeaderTooLargeError(f"request header block exceeds {limit // 1024} KiB")
+            raise _head_too_large(limit, target=False)
 
     def _next_client_event(self) -> h11.Event | type[h11.PAUSED] | type[h11.NEED_DATA]:
         try:
             return self.conn.next_event()
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
-                limit = self.env.config.limits.max_header_bytes // 1024
-                raise HeaderTooLargeError(f"request header block exceeds {limit} KiB") from exc
+                limit = self.env.config.limits.max_header_bytes
+                # No line end yet: the request line (the URI) overran (RFC 9110 §15.5.15).
+                target = b"\n" not in self.conn.trailing_data[0]
+                raise _head_too_large(limit, target=target) from exc
             raise ClientError(f"malformed request: {protocol_error_text(exc)}") from exc
 
     def _new_record(self, request: h11.Request) -> FlowRecord:
@@ -1178,6 +1186,13 @@ async def _send_pending(stream: trio.abc.Stream, pending: list[bytes]) -> None:
     data = b"".join(pending)
     pending.clear()
     await stream.send_all(data)
+
+
+def _head_too_large(limit: int, *, target: bool) -> HeaderTooLargeError:
+    """414 when the request target alone is over ``limit`` bytes, else 431."""
+    if target:
+        return TargetTooLongError(f"request target exceeds {limit // 1024} KiB")
+    return HeaderTooLargeError(f"request header block exceeds {limit // 1024} KiB")
 
 
 def _idempotent(method: bytes) -> bool:

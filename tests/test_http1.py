@@ -17,6 +17,7 @@ from mitmlite.http1 import (
     header_block_size,
     is_upgrade_request,
     parse_host_port,
+    percent_encode_request_line,
     protocol_error_text,
     reason_phrase,
     strip_hop_by_hop,
@@ -163,9 +164,41 @@ ABSOLUTE_BAD = [
     pytest.param(b"http://example.org:99999/", "outside 1-65535", id="port-too-big"),
     pytest.param(b"http://example.org:/", "is not a number", id="port-empty"),
     pytest.param(b"http://user:pw@example.org/", "contains userinfo", id="userinfo"),
-    pytest.param(b"http://example.org/#top", "has a fragment", id="fragment"),
     pytest.param(b"http://exa mple.org/", "not visible ASCII", id="space"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [(b"http://example.org/a?b#top", b"/a?b"), (b"http://example.org#top", b"/")],
+    ids=["path-and-query", "bare"],
+)
+def test_a_fragment_is_dropped_from_an_absolute_target(target: bytes, path: bytes) -> None:
+    # Clients should not send one (RFC 9112 §3.2.2) but do; it is no concern of the server's.
+    assert classify_request(b"GET", target) == AbsoluteTarget("http", "example.org", 80, path)
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        pytest.param(
+            "GET /search?q=ü HTTP/1.1\r\nHost: a\r\n\r\n".encode(),
+            b"GET /search?q=%C3%BC HTTP/1.1\r\nHost: a\r\n\r\n",
+            id="query",
+        ),
+        pytest.param(
+            "GET http://a/ü HTTP/1.1\r\nX: é\r\n".encode(),
+            "GET http://a/%C3%BC HTTP/1.1\r\nX: é\r\n".encode(),
+            id="header-values-kept",
+        ),
+        pytest.param("GET /ü".encode(), b"GET /%C3%BC", id="line-not-ended-yet"),
+        pytest.param(
+            b"GET /a HTTP/1.1\r\nX: \xe9\r\n", b"GET /a HTTP/1.1\r\nX: \xe9\r\n", id="ascii-line"
+        ),
+    ],
+)
+def test_percent_encode_request_line(head: bytes, expected: bytes) -> None:
+    assert percent_encode_request_line(head) == expected
 
 
 @pytest.mark.parametrize(("target", "expected"), ABSOLUTE_GOOD)

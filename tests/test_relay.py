@@ -338,6 +338,16 @@ async def test_oversized_headers_get_a_431(relay: Harness, complete: bool) -> No
     assert data.endswith(b"request header block exceeds 64 KiB\n")
 
 
+@pytest.mark.parametrize("complete", [False, True], ids=["still-arriving", "arrived-whole"])
+async def test_an_oversized_request_target_gets_a_414(relay: Harness, complete: bool) -> None:
+    # The twin of the 431 above: here the request line alone is over the limit.
+    end = b" HTTP/1.1\r\nHost: a\r\n\r\n" if complete else b""
+    await relay.raw.send_all(b"GET /?q=" + b"a" * 70_000 + end)
+    data = await read_all(relay.raw)
+    assert data.startswith(b"HTTP/1.1 414 ")
+    assert data.endswith(b"request target exceeds 64 KiB\n")
+
+
 async def test_headers_just_under_the_limit_pass(relay: Harness) -> None:
     head, body = await relay.client.get(b"/big", [(b"X-Big", b"a" * 60_000)])
     assert (head.status_code, body) == (200, b"origin /big")

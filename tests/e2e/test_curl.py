@@ -180,6 +180,21 @@ async def test_plain_http_through_http_proxy(proxy: Proxy, plain_origin: Origin)
     assert plain_origin.state.connections == 1  # upstream reused per host:port
 
 
+@pytest.mark.parametrize("https", [True, False], ids=["https", "http"])
+async def test_a_raw_utf8_query_is_forwarded_percent_encoded(
+    proxy: Proxy, origin: Origin, plain_origin: Origin, https: bool
+) -> None:
+    # curl sends the query as typed, raw UTF-8, which servers take; h11 reads only ASCII in a
+    # request target and we answered 400. Now it goes on as the URI it stands for.
+    target, scheme = (origin, "https") if https else (plain_origin, "http")
+    result = await curl(proxy, target.url("/echo?q=\u00fc&x=1", scheme=scheme), https=https)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["target"] == "/echo?q=%C3%BC&x=1"
+    # The twin: an ASCII target goes on byte for byte, already-encoded escapes included.
+    result = await curl(proxy, target.url("/echo?q=%c3%bc&x=1", scheme=scheme), https=https)
+    assert json.loads(result.stdout)["target"] == "/echo?q=%c3%bc&x=1"
+
+
 async def test_plain_http_inside_connect(proxy: Proxy, plain_origin: Origin) -> None:
     url = plain_origin.url("/tunnelled", scheme="http")
     result = await curl(proxy, "-p", "-x", proxy.url, url, https=False)
