@@ -286,15 +286,29 @@ async def start_tls(
     return stream
 
 
+# OpenSSL's reasons for the usual handshake failures, in words (the code is kept beside them).
+_TLS_REASONS = {
+    "WRONG_VERSION_NUMBER": "the server does not speak TLS on this port",
+    "TLSV1_UNRECOGNIZED_NAME": "the server does not know the name {name}",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the server speaks no TLS version mitmlite offers (1.2, 1.3)",
+    "UNSUPPORTED_PROTOCOL": "the server speaks no TLS version mitmlite offers (1.2, 1.3)",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server accepts none of the cipher suites offered",
+}
+
+
 def _tls_error(server_name: str, cause: BaseException | None) -> UpstreamError:
     if isinstance(cause, ssl.SSLCertVerificationError):
         reason = (cause.verify_message or cause.reason or "unknown reason").rstrip(".")
-        reason = reason[:1].lower() + reason[1:]
+        if reason[1:2].islower():  # "Hostname mismatch", not "IP address mismatch"
+            reason = reason[:1].lower() + reason[1:]
         return UpstreamCertificateError(f"upstream certificate verify failed: {reason}")
     if isinstance(cause, ssl.SSLEOFError):
         return UpstreamError(f"{server_name} closed the connection during the TLS handshake")
     if isinstance(cause, ssl.SSLError):
         detail = cause.reason or str(cause)
+        explained = _TLS_REASONS.get(detail)
+        if explained is not None:
+            detail = f"{explained.format(name=server_name)} ({detail})"
         return UpstreamError(f"TLS handshake with {server_name} failed: {detail}")
     if isinstance(cause, OSError):
         return UpstreamError(f"TLS handshake with {server_name} failed: {_os_reason(cause)}")

@@ -34,6 +34,7 @@ from mitmlite.upstream import (
     SessionCache,
     TCPConnector,
     Upstream,
+    _tls_error,
     authority,
     client_conn,
     open_tcp,
@@ -372,7 +373,10 @@ async def test_start_tls_peer_speaks_plain_http(
     with trio.fail_after(10), pytest.raises(UpstreamError) as info:
         await start_tls(near, "good.test", verifying_context, 5)
     assert type(info.value) is UpstreamError
-    assert str(info.value).startswith("TLS handshake with good.test failed: ")
+    assert str(info.value) == (
+        "TLS handshake with good.test failed: the server does not speak TLS on this port "
+        "(WRONG_VERSION_NUMBER)"
+    )
 
 
 # --- upstream_context -----------------------------------------------------------------------------
@@ -749,3 +753,21 @@ def test_a_response_head_beyond_the_limit_is_refused() -> None:
 def test_authority_brackets_ipv6() -> None:
     assert authority("::1", 443) == "[::1]:443"
     assert authority("a.test", 80) == "a.test:80"
+
+
+@pytest.mark.parametrize(
+    ("verify_message", "shown"),
+    [
+        ("Hostname mismatch, certificate is not valid for 'a.test'.", "hostname mismatch"),
+        ("IP address mismatch, certificate is not valid for '127.0.0.1'.", "IP address mismatch"),
+        ("EE certificate key too weak", "EE certificate key too weak"),
+    ],
+    ids=["word", "initialism", "abbreviation"],
+)
+def test_a_verify_reason_keeps_its_initialisms(verify_message: str, shown: str) -> None:
+    # Lower-casing every first letter gave "iP address mismatch" and "eE certificate key".
+    cause = ssl.SSLCertVerificationError()
+    cause.verify_message = verify_message
+    assert str(_tls_error("a.test", cause)).startswith(
+        f"upstream certificate verify failed: {shown}"
+    )

@@ -141,7 +141,7 @@ class LeafCache:
             write_file(path, chain, mode=0o600, durable=False)
             if self.mints % PRUNE_EVERY == 0:
                 self._prune_files()
-        return CachedLeaf(cert=cert, context=leaf_context(path, key_path))
+        return CachedLeaf(cert=cert, context=leaf_context(path, key_path, legacy=rsa))
 
     def _rsa(self) -> PrivateKey:
         if self._rsa_key is None:

@@ -91,12 +91,22 @@ _ECDSA_SUITES: Final = frozenset(
      0xC075, 0xC086, 0xC087, 0xC088, 0xC089, *range(0xC0AC, 0xC0B0), 0xCCA9}
 )  # fmt: skip
 _TLS13: Final = 0x0304
+# SignatureScheme values an ECDSA leaf can sign the handshake with (RFC 8446 §4.2.3): ecdsa with
+# SHA-256/384/512 and the legacy ecdsa_sha1 (TLS 1.2, RFC 5246 §7.4.1.4.1 pairs).
+_ECDSA_SIGNATURES: Final = frozenset({0x0403, 0x0503, 0x0603, 0x0203})
 
 
 def needs_rsa_leaf(hello: ClientHello) -> bool:
-    """True for a client that could not verify our usual ECDSA leaf: no TLS 1.3 (where ECDSA is
-    mandatory to implement, RFC 8446 §9.1) and no TLS 1.2 cipher suite with an ECDSA
-    certificate. Older Java, Android and embedded stacks; mitmproxy answers them with RSA."""
+    """True for a client that could not use our usual ECDSA leaf; mitmproxy answers them with RSA.
+
+    That is a client whose signature_algorithms list no ECDSA scheme (a TLS 1.3 stack configured
+    for RSA only), or one with neither TLS 1.3 (where ECDSA is mandatory to implement, RFC 8446
+    §9.1) nor a TLS 1.2 cipher suite for an ECDSA certificate: older Java, Android and embedded
+    stacks.
+    """
+    offered = hello.signature_algorithms
+    if offered and not any(scheme in _ECDSA_SIGNATURES for scheme in offered):
+        return True
     if _TLS13 in hello.versions:
         return False
     return not any(suite in _ECDSA_SUITES for suite in hello.cipher_suites)

@@ -16,11 +16,22 @@ from mitmlite.errors import ConfigError
 ALPN = ["http/1.1"]
 
 
-def leaf_context(chain_file: Path, key_file: Path) -> ssl.SSLContext:
-    """A server-side context presenting the leaf in ``chain_file`` with ``key_file``."""
+# For the RSA leaf only, which goes to clients that cannot use ECDSA: OpenSSL's own default list
+# adds the static-RSA suites (AES128-GCM-SHA256, AES128-SHA...) that Python's server default
+# leaves out and such old stacks may offer alone. Ours are chosen first when the client has any.
+LEGACY_CIPHERS = "DEFAULT"
+
+
+def leaf_context(chain_file: Path, key_file: Path, *, legacy: bool = False) -> ssl.SSLContext:
+    """A server-side context presenting the leaf in ``chain_file`` with ``key_file``.
+
+    ``legacy`` widens the TLS 1.2 cipher suites to ``LEGACY_CIPHERS`` (the RSA leaf's context).
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(ALPN)
+    if legacy:
+        ctx.set_ciphers(LEGACY_CIPHERS)
     ctx.load_cert_chain(chain_file, key_file)
     return ctx
 

@@ -13,7 +13,7 @@ import threading
 import pytest
 import trio
 
-from tests.e2e.conftest import Origin, OriginCerts, Proxy, curl, start_origin
+from tests.e2e.conftest import Origin, OriginCerts, Proxy, curl, require, start_origin
 from tests.origin import pattern_sha256
 
 pytestmark = pytest.mark.e2e
@@ -276,6 +276,33 @@ async def test_a_client_without_ecdsa_gets_an_rsa_leaf(proxy: Proxy, origin: Ori
     result = await curl(proxy, *rsa_only, origin.url("/old-client"))
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"origin /old-client"
+
+
+async def test_a_client_with_static_rsa_suites_only_gets_the_rsa_leaf(
+    proxy: Proxy, origin: Origin
+) -> None:
+    # Older still: no ECDHE at all. Python's server default leaves these suites out.
+    static_rsa = ["--tls-max", "1.2", "--ciphers", "AES128-GCM-SHA256"]
+    result = await curl(proxy, *static_rsa, origin.url("/older-client"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"origin /older-client"
+
+
+async def test_a_tls13_client_signing_with_rsa_only_gets_the_rsa_leaf(
+    proxy: Proxy, origin: Origin
+) -> None:
+    exe = require("openssl")
+    port = origin.port
+    cmd = [
+        exe, "s_client", "-proxy", f"127.0.0.1:{proxy.port}", "-connect", f"site.localhost:{port}",
+        "-servername", "site.localhost", "-tls1_3", "-sigalgs", "rsa_pss_rsae_sha256",
+        "-CAfile", str(proxy.ca_path), "-verify_return_error", "-quiet",
+    ]  # fmt: skip
+    request = b"GET /rsa-signing HTTP/1.1\r\nHost: site.localhost\r\nConnection: close\r\n\r\n"
+    with trio.fail_after(20):
+        done = await trio.run_process(cmd, stdin=request, capture_stdout=True, check=False,
+                                      capture_stderr=True)  # fmt: skip
+    assert done.stdout.endswith(b"origin /rsa-signing"), done.stderr.decode(errors="replace")
 
 
 async def test_closed_port_is_a_502_within_a_second(proxy: Proxy) -> None:

@@ -543,6 +543,26 @@ def test_real_clients_take_the_ecdsa_leaf(name: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("schemes", "rsa"),
+    [
+        ((0x0804, 0x0805, 0x0401), True),  # rsa_pss_rsae and rsa_pkcs1 only
+        ((0x0804, 0x0403), False),  # ecdsa_secp256r1_sha256 among them
+        ((), False),  # no signature_algorithms: the versions and suites decide
+    ],
+    ids=["rsa-only", "ecdsa-too", "absent"],
+)
+def test_a_tls13_client_without_ecdsa_signatures_needs_the_rsa_leaf(
+    schemes: tuple[int, ...], rsa: bool
+) -> None:
+    # TLS 1.3 makes ECDSA mandatory to implement, but a stack can still be configured without
+    # it (openssl s_client -sigalgs RSA-PSS+SHA256): it failed with NO_SUITABLE_SIGNATURE_ALGORITHM.
+    sigalgs = ext(13, vec(u16s(*schemes), 2)) if schemes else b""
+    extensions = sni_ext(b"new.test") + versions_ext(TLS13, 0x0303) + sigalgs
+    data = records(message(body(extensions, u16s(0x1301))))
+    assert needs_rsa_leaf(parsed(data)) is rsa
+
+
+@pytest.mark.parametrize(
     ("suites", "versions", "rsa"),
     [
         (u16s(0xC02F, 0x009C), (0x0303,), True),  # ECDHE-RSA-AES128-GCM, AES128-GCM only
