@@ -24,7 +24,13 @@ from mitmlite.ca.cache import LeafCache
 from mitmlite.config import Config
 from mitmlite.errors import ClientError, MitmliteError
 from mitmlite.flow import ClientHelloData
-from mitmlite.http1 import ConnectTarget, classify_request, error_response, reason_phrase
+from mitmlite.http1 import (
+    ConnectTarget,
+    classify_request,
+    error_response,
+    percent_encode_request_line,
+    reason_phrase,
+)
 from mitmlite.onboarding import is_onboarding_host
 from mitmlite.passthrough import HostRules, LearnedHosts
 from mitmlite.relay import Relay, RelayEnv
@@ -37,7 +43,7 @@ from mitmlite.tls.clienthello import (
     parse_client_hello,
 )
 from mitmlite.tls.fingerprints import describe
-from mitmlite.upstream import Destination, Preconnect, Upstream
+from mitmlite.upstream import Destination, Preconnect, Upstream, authority
 
 # TLS alerts a client sends when it rejects our certificate (RFC 8446 §6.2): a pinned app, or a
 # client that was never told to trust the mitmlite CA.
@@ -381,12 +387,122 @@ async def _serve_intercepted(
     if not await _client_handshake(env, tls, name, dest.server_name or dest.host):
         return
     try:
-        relay = Relay(relay_env, tls, new_server_conn(env.relay.config), name, fixed=dest)
+        opening = await _first_decrypted(env, tls, name, dest, relay_env)
+        if opening is None:
+            return
+        first, upstream, greeting = opening
+        if upstream is not None:
+            await _decrypted_tunnel(env, tls, name, dest, upstream, first, greeting)
+            return
+        conn = new_server_conn(env.relay.config)
+        conn.receive_data(percent_encode_request_line(first))
+        relay = Relay(relay_env, tls, conn, name, fixed=dest)
         relay.offered_alpn = offered
         await relay.run()
     finally:
         with trio.move_on_after(_CLOSE_NOTIFY_SECONDS, shield=True):
             await tls.aclose()
+
+
+async def _first_decrypted(
+    env: ConnectionEnv,
+    tls: trio.SSLStream[trio.abc.Stream],
+    name: str,
+    dest: Destination,
+    relay_env: RelayEnv,
+) -> tuple[bytes, Upstream | None, bytes] | None:
+    """What an intercepted client speaks: (its first bytes, upstream if not HTTP, its greeting).
+
+    HTTP clients send a request at once. Bytes that are not HTTP (IMAP, SMTP, MQTT, a custom
+    protocol over TLS) are relayed as they are, decrypted, over a verified TLS connection to
+    the upstream, as mitmproxy does; so is a client that stays silent until the upstream
+    greets it (IMAPS, SMTPS). None when the client closes first.
+    """
+    config = env.relay.config
+    data: bytes | None = None
+    with trio.move_on_after(SILENT_CLIENT_GRACE):
+        data = await _receive_or_eof(tls, config.limits.read_size)
+    if data is not None:
+        if not data:
+            return None
+        if _looks_like_http(data):
+            return data, None, b""
+        upstream = await _upstream_or_log(env, name, dest, relay_env)
+        return (data, upstream, b"") if upstream is not None else None
+    if not _may_preconnect(env, dest):
+        return b"", None, b""  # a slow HTTP client, as far as we may find out: the relay waits
+    upstream = await _upstream_or_log(env, name, dest, relay_env)
+    if upstream is None:
+        return None
+    heard: dict[str, bytes] = {}
+
+    async def listen(side: str, source: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        heard[side] = await _receive_or_eof(source, config.limits.read_size)
+        scope.cancel()  # the first to speak (or close) decides
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.cancel_scope.deadline = trio.current_time() + config.timeouts.idle
+            nursery.start_soon(listen, "client", tls, nursery.cancel_scope)
+            nursery.start_soon(listen, "server", upstream.stream, nursery.cancel_scope)
+    except BaseException:  # cancelled from outside (a shutdown): the upstream is ours to close
+        await trio.aclose_forcefully(upstream.stream)
+        raise
+    client, server = heard.get("client"), heard.get("server")
+    if client == b"" or server == b"" or (client is None and server is None):
+        await trio.aclose_forcefully(upstream.stream)
+        return None
+    if client is not None and _looks_like_http(client):
+        await trio.aclose_forcefully(upstream.stream)  # an HTTP client after all: the relay
+        return client, None, b""  # opens its own, as it would have
+    return client or b"", upstream, server or b""
+
+
+async def _receive_or_eof(stream: trio.abc.Stream, size: int) -> bytes:
+    """Some bytes, or b"" once the peer has closed or broken the connection."""
+    try:
+        return bytes(await stream.receive_some(size))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return b""
+
+
+async def _upstream_or_log(
+    env: ConnectionEnv, name: str, dest: Destination, relay_env: RelayEnv
+) -> Upstream | None:
+    try:
+        return await relay_env.connect(dest)
+    except MitmliteError as exc:
+        env.relay.sink.event(name, f"{authority(dest.host, dest.port)} error: {exc}")
+        return None
+
+
+async def _decrypted_tunnel(
+    env: ConnectionEnv,
+    tls: trio.SSLStream[trio.abc.Stream],
+    name: str,
+    dest: Destination,
+    upstream: Upstream,
+    first: bytes,
+    greeting: bytes,
+) -> None:
+    """Relay a protocol other than HTTP between the two TLS connections, bytes as they come."""
+    async with upstream.stream:
+        try:
+            with trio.fail_after(env.relay.config.timeouts.handshake):
+                if greeting:
+                    await tls.send_all(greeting)
+                if first:
+                    await upstream.stream.send_all(first)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            return
+        sent, received = await pipe(tls, upstream.stream, env.relay.config.timeouts.idle)
+    sent, received = sent + len(first), received + len(greeting)
+    unverified = "" if upstream.verified else " [UNVERIFIED upstream: --insecure]"
+    env.relay.sink.event(
+        name,
+        f"{authority(dest.host, dest.port)} tunnel (not HTTP) closed: "
+        f"{sent}b up, {received}b down{unverified}",
+    )
 
 
 async def _client_handshake(
