@@ -303,6 +303,7 @@ def tuning(flag: str, kind: type, default: float, text: str) -> Callable[[FC], F
 @tuning("--idle-timeout", float, _T.idle, "Close keep-alive connections idle this long (s).")
 @tuning("--header-timeout", float, _T.request_header, "Seconds for a request head (408).")
 @tuning("--read-timeout", float, _T.upstream_response, "Seconds to wait for a response (504).")
+@tuning("--body-timeout", float, _T.read, "Seconds a body may go without a byte, either way.")
 @tuning("--max-header-size", int, _L.max_header_bytes, "Bytes of request head before a 431.")
 @tuning("--max-connections", int, _L.max_connections, "Concurrent client connections.")
 @tuning("--leaf-cache-size", int, _L.leaf_cache_hosts, "Hosts whose leaves stay cached.")
@@ -392,6 +393,7 @@ def build_config(options: dict[str, Any]) -> Config:
         idle=options["idle_timeout"],
         request_header=options["header_timeout"],
         upstream_response=options["read_timeout"],
+        read=options["body_timeout"],
         shutdown=options["shutdown_timeout"],
     )
     limits = Limits(

@@ -22,6 +22,7 @@ from mitmlite.ca.authority import RootCA, create_root, mint_leaf
 from mitmlite.ca.files import key_to_pem
 from mitmlite.ca.names import leaf_name
 from mitmlite.cli import cli
+from mitmlite.config import Config
 
 NOW = dt.datetime.now(dt.UTC)
 TRUST_WORDS = [
@@ -367,3 +368,22 @@ def test_version() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"mitmlite, version {__version__}"
+
+
+def test_timeouts_reach_the_config(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[object, ...]] = []
+    monkeypatch.setattr("mitmlite.cli.run", lambda *args: started.append(args))
+    monkeypatch.setenv("MITMLITE_BODY_TIMEOUT", "7")
+    path = write_ca(tmp_path, create_root("t", NOW))
+    result = invoke("--listen", "127.0.0.1:0", "--ca", str(path), "--read-timeout", "5")
+    assert result.exit_code == 0, result.output
+    config = next(arg for arg in started[0] if isinstance(arg, Config))
+    assert (config.timeouts.upstream_response, config.timeouts.read) == (5.0, 7.0)
+    # The twin: without them, the defaults.
+    started.clear()
+    monkeypatch.delenv("MITMLITE_BODY_TIMEOUT")
+    assert invoke("--listen", "127.0.0.1:0", "--ca", str(path)).exit_code == 0
+    config = next(arg for arg in started[0] if isinstance(arg, Config))
+    assert (config.timeouts.upstream_response, config.timeouts.read) == (120.0, 300.0)
