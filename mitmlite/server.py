@@ -16,7 +16,7 @@ from typing import TextIO
 
 import trio
 
-from mitmlite.allocator import tune_for_bulk_io
+from mitmlite.allocator import RELEASE_SECONDS, release_free_heap, tune_for_bulk_io
 from mitmlite.auth import Credentials
 from mitmlite.ca.cache import LeafCache
 from mitmlite.ca.files import LoadedCA
@@ -84,10 +84,20 @@ async def _accept_loop(
     nursery: trio.Nursery,
 ) -> None:
     async with listener:
+        full = False
         while True:
             token = object()
             # Waiting for a free slot before accept() leaves extra clients in the kernel's
-            # backlog instead of costing us a task and a descriptor each.
+            # backlog instead of costing us a task and a descriptor each. They wait unseen, so
+            # the log says so, once each time the limit is reached.
+            if limiter.available_tokens == 0 and not full:
+                limit = int(limiter.total_tokens)
+                env.relay.sink.event(
+                    "proxy",
+                    f"connection limit reached (--max-connections {limit}): "
+                    "new clients wait until a connection closes",
+                )
+            full = limiter.available_tokens == 0
             await limiter.acquire_on_behalf_of(token)
             try:
                 stream = await listener.accept()
@@ -274,6 +284,7 @@ async def _serve_until_signal(
                     say(banner(config, loaded, addresses))
                     if flush is not None:
                         accepting.start_soon(_every, FLUSH_SECONDS, flush)
+                    accepting.start_soon(_every, RELEASE_SECONDS, _release_free_heap)
                     signum = await signals.__anext__()
                     accepting.cancel_scope.cancel()
                 # Not accepting any more: flows in progress may finish within the grace time,
@@ -294,6 +305,10 @@ async def _quit_on_signal(
     signum = await signals.__anext__()
     say(f"mitmlite: {signal.Signals(signum).name} again: closing every connection now")
     scope.cancel()
+
+
+def _release_free_heap() -> None:
+    release_free_heap()  # a no-op off glibc, or when little of the heap is free
 
 
 async def _every(seconds: float, chore: Flush) -> None:

@@ -102,3 +102,56 @@ def test_tuned_process_reuses_heap_memory_for_large_buffers() -> None:
     # Measured here: about 230 faults tuned, 32,000 untuned (64 pages per block, each time).
     assert untuned > 10_000, f"the untuned churn should fault fresh pages ({untuned})"
     assert tuned * 10 < untuned, f"tuned {tuned} vs untuned {untuned} page faults"
+
+
+# Frees a few hundred MiB of heap blocks in an order that leaves them spread through the heap (a
+# block kept between each pair), as concurrent transfers do, then reports RSS (MiB) before and
+# after release_free_heap.
+SPREAD = textwrap.dedent(
+    """
+    import sys
+    from mitmlite.allocator import release_free_heap, tune_for_bulk_io
+    def rss():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) // 1024
+    assert tune_for_bulk_io(environ={})
+    blocks = [bytearray(512 * 1024) for _ in range(800)]
+    for block in blocks:
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+    kept = blocks[1::2]
+    del blocks
+    before = rss()
+    threshold = int(sys.argv[1])
+    ran = release_free_heap(threshold)
+    print(before, rss(), ran, len(kept))
+    """
+)
+
+
+def spread_release(threshold: int) -> tuple[int, int, bool]:
+    result = subprocess.run(
+        [sys.executable, "-c", SPREAD, str(threshold)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    before, after, ran, _ = result.stdout.split()
+    return int(before), int(after), ran == "True"
+
+
+@glibc_only
+def test_free_heap_spread_through_the_heap_goes_back_to_the_kernel() -> None:
+    before, after, ran = spread_release(64 << 20)
+    assert ran
+    assert before - after > 150, f"RSS {before} -> {after} MiB"  # ~200 MiB of it was free
+
+
+@glibc_only
+def test_little_free_heap_is_left_alone() -> None:
+    # The twin: under the threshold nothing is trimmed (a steady load keeps its pages).
+    before, after, ran = spread_release(1 << 40)
+    assert not ran
+    assert before - after < 20, f"RSS {before} -> {after} MiB"

@@ -91,12 +91,18 @@ async def test_connection_cap_holds_extra_clients_in_the_backlog(
 ) -> None:
     origin_port = await nursery.start(serve_origin_tcp, OriginState(), None)
     config = Config(listen_port=0, limits=Limits(max_connections=1))
-    addresses = await nursery.start(serve, config, make_env(tmp_path, Sink(), config))
+    sink = Sink()
+    addresses = await nursery.start(serve, config, make_env(tmp_path, sink, config))
     port = addresses[0][1]
+    assert not any("connection limit" in line for line in sink.events)
     holder = await trio.open_tcp_stream("127.0.0.1", port)
     with trio.move_on_after(0.5) as waited:
         await proxy_get(port, b"http://127.0.0.1:%d/q" % origin_port)
     assert waited.cancelled_caught
+    limit_lines = [line for line in sink.events if "connection limit reached" in line]
+    assert limit_lines == [
+        "connection limit reached (--max-connections 1): new clients wait until a connection closes"
+    ]
     await holder.aclose()
     assert (await proxy_get(port, b"http://127.0.0.1:%d/q" % origin_port)).endswith(b"origin /q")
 
