@@ -1,6 +1,6 @@
 """glibc malloc settings for a process that relays bodies in buffers of a few hundred KiB.
 
-Bodies move through the relay in pieces of up to ``streams.TRANSPORT_READ`` (512 KiB): the
+Bodies move through the relay in pieces of up to ``streams.TRANSPORT_READ`` (256 KiB): the
 socket read, the TLS plaintext, h11's receive buffer, the encrypted output. glibc serves blocks
 from 128 KiB up with mmap (its threshold then adapts, but only upwards and only to the size of a
 freed block) and gives the top of its heap back to the kernel once 128 KiB of it is free. With

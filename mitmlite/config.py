@@ -44,7 +44,7 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_connections: int = 1024
     leaf_cache_hosts: int = 1000
-    read_size: int = 512 * 1024  # one relay step; see streams.TRANSPORT_READ
+    read_size: int = 256 * 1024  # one relay step; see streams.TRANSPORT_READ
     # Bodies up to this size are buffered for `request`/`response` hooks; larger ones stream.
     max_body_bytes: int = 32 * 1024 * 1024
 

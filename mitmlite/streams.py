@@ -18,12 +18,12 @@ import trio
 READ_SIZE = 64 * 1024
 # What a TLS layer reads from its transport at once (trio's SocketStream reads 64 KiB when not
 # told). Every read is a trip through trio's scheduler and the relay's loop on both legs; at
-# 256 KiB a 100 MiB body took a quarter of the trips of 64 KiB (200 -> 300 MiB/s), and 512 KiB
-# gained again (interleaved runs on an Intel VM: down 226 -> 287 MiB/s, 4.2 -> 3.3 ms CPU/MiB;
-# up 233-293 -> 288-351 MiB/s). 1 MiB went faster down but stalled uploads (208-328 MiB/s) and
-# doubled the RSS a transfer adds (7.5 MiB), so this is where it stops (issue 3).
+# 256 KiB a 100 MiB body took a quarter of the trips of 64 KiB (200 -> 300 MiB/s). 512 KiB ran
+# a fifth faster again, but each concurrent transfer then left about 3 MiB of heap in use after
+# it ended (100 clients x 4 downloads of 5 MB, three rounds: 396 MB in use at idle against 74
+# MB at 256 KiB, whatever the malloc settings; the cause is not found yet), so it stays 256 KiB.
 # Reads return what the socket holds, so small exchanges are unaffected.
-TRANSPORT_READ = 512 * 1024
+TRANSPORT_READ = 256 * 1024
 # trio sets TCP_NOTSENT_LOWAT to 16 KiB on every SocketStream: a send waits once 16 KiB sit
 # unsent in the kernel, which suits a program that wants to decide late what to send next. A
 # relay has nothing to reorder, and a large write that meets a slow reader was cut into
