@@ -356,10 +356,14 @@ def test_options_asterisk_through_an_upstream_proxy_is_absolute_form() -> None:
 
 @dataclass
 class ProxyThatAnswers:
-    """An upstream proxy (absolute-form requests) that answers every request with ``reply``."""
+    """An upstream proxy (absolute-form requests) that answers the first request with ``reply``.
+
+    With ``absolute_form=False`` it is an origin answering so, then closing.
+    """
 
     nursery: trio.Nursery
     reply: bytes
+    absolute_form: bool = True
 
     async def __call__(self, dest: Destination) -> Upstream:
         await trio.lowlevel.checkpoint()
@@ -371,7 +375,7 @@ class ProxyThatAnswers:
                 await far.send_all(self.reply)
 
         self.nursery.start_soon(answer)
-        return Upstream(dest.host, dest.port, near, client_conn(), absolute_form=True)
+        return Upstream(dest.host, dest.port, near, client_conn(), absolute_form=self.absolute_form)
 
 
 async def through_proxy(nursery: trio.Nursery, reply: bytes) -> tuple[h11.Response, bytes]:
@@ -411,29 +415,9 @@ async def test_an_upstream_proxys_403_is_passed_on(nursery: trio.Nursery) -> Non
 # --- found by a second side-by-side run against mitmdump ------------------------------------------
 
 
-@dataclass
-class OriginThatAnswers:
-    """An origin that answers the first request it reads with ``reply``, then closes."""
-
-    nursery: trio.Nursery
-    reply: bytes
-
-    async def __call__(self, dest: Destination) -> Upstream:
-        await trio.lowlevel.checkpoint()
-        near, far = trio.testing.memory_stream_pair()
-
-        async def answer() -> None:
-            async with far:
-                await far.receive_some(65536)
-                await far.send_all(self.reply)
-
-        self.nursery.start_soon(answer)
-        return Upstream(dest.host, dest.port, near, client_conn())
-
-
 async def raw_exchange(nursery: trio.Nursery, request: bytes, reply: bytes) -> bytes:
     """Everything a raw client gets for ``request`` through a tunnel to an origin's ``reply``."""
-    env = RelayEnv(Config(), OriginThatAnswers(nursery, reply), Sink())
+    env = RelayEnv(Config(), ProxyThatAnswers(nursery, reply, absolute_form=False), Sink())
     client_end, proxy_end = trio.testing.memory_stream_pair()
     dest = Destination("site.test", 443, tls=True)
 
