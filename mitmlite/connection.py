@@ -4,8 +4,10 @@ Owns reading the first request (absolute-form requests go straight to the relay)
 ``CONNECT``, peeking at the client's first bytes inside the tunnel (a ClientHello is parsed before
 any handshake; plain HTTP is relayed as HTTP; anything else is piped raw), and taking the client's
 TLS handshake with the leaf for its SNI, with the upstream connection opened alongside it (unless
-scripts or the onboarding site may keep the request from ever going there). Connection-level
-failures are logged here in one line.
+scripts or the onboarding site may keep the request from ever going there). After that
+handshake the first decrypted bytes decide again: HTTP goes to the relay, any other protocol is
+piped to the verified upstream TLS connection. Connection-level failures are logged here in one
+line.
 """
 
 from __future__ import annotations

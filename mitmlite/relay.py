@@ -4,7 +4,9 @@ Owns reading requests from the client, choosing and (re)opening the upstream con
 the request on, streaming both bodies chunk by chunk (nothing is buffered), relaying 1xx,
 keep-alive on both legs, and handing over to a raw pipe after ``101 Switching Protocols``. Errors
 before a response has started become a 4xx/5xx with a one-line reason; after that the only honest
-thing left is to close the client connection. Every finished exchange goes to the ``FlowSink``.
+thing left is to close the client connection. An upstream that answers before the request body
+has all gone (and stops reading) has that answer relayed, and the client's connection closed
+after a short linger. Every finished exchange goes to the ``FlowSink``.
 
 HTTP/1.1 is turn-taking, so this is one loop with one writer per stream, not a task per direction.
 """
