@@ -12,7 +12,6 @@ line.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import ssl
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from mitmlite.errors import ClientError, MitmliteError
 from mitmlite.flow import ClientHelloData
 from mitmlite.http1 import (
     ConnectTarget,
+    authority,
     classify_request,
     error_response,
     percent_encode_request_line,
@@ -45,7 +45,7 @@ from mitmlite.tls.clienthello import (
     parse_client_hello,
 )
 from mitmlite.tls.fingerprints import describe
-from mitmlite.upstream import Destination, Preconnect, Upstream, authority
+from mitmlite.upstream import Destination, Preconnect, Upstream
 
 # TLS alerts a client sends when it rejects our certificate (RFC 8446 §6.2): a pinned app, or a
 # client that was never told to trust the mitmlite CA.
@@ -223,25 +223,44 @@ async def _first_speaker(
             data = bytes(await stream.receive_some(config.limits.read_size))
             return (data, None, b"") if data else None
         return None if failed else (b"", None, b"")  # silent: a raw tunnel, as ever
-    heard: dict[str, bytes] = {}
+    client, server = await _first_to_speak(stream, upstream, deadline, config, broken=None)
+    if client == b"" or server == b"":
+        await upstream.stream.aclose()
+        return None
+    return client or b"", upstream, server or b""
+
+
+async def _first_to_speak(
+    client: trio.abc.Stream,
+    upstream: Upstream,
+    deadline: float,
+    config: Config,
+    *,
+    broken: bytes | None,
+) -> tuple[bytes | None, bytes | None]:
+    """Read both sides until one speaks or closes, or ``deadline``: (client's, server's) bytes.
+
+    None for a side that stayed silent; b"" for one that closed, and ``broken`` for one whose
+    connection broke. Cancelled from outside (a shutdown), it closes the upstream.
+    """
+    heard: dict[str, bytes | None] = {}
 
     async def listen(side: str, source: trio.abc.Stream, scope: trio.CancelScope) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        try:
             heard[side] = bytes(await source.receive_some(config.limits.read_size))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            heard[side] = broken
         scope.cancel()  # the first to speak (or close) decides
 
     try:
         async with trio.open_nursery() as nursery:
             nursery.cancel_scope.deadline = deadline
-            nursery.start_soon(listen, "client", stream, nursery.cancel_scope)
+            nursery.start_soon(listen, "client", client, nursery.cancel_scope)
             nursery.start_soon(listen, "server", upstream.stream, nursery.cancel_scope)
-    except BaseException:  # cancelled from outside (a shutdown): the upstream is ours to close
+    except BaseException:
         await trio.aclose_forcefully(upstream.stream)
         raise
-    if heard.get("client") == b"" or heard.get("server") == b"":
-        await upstream.stream.aclose()
-        return None
-    return heard.get("client", b""), upstream, heard.get("server", b"")
+    return heard.get("client"), heard.get("server")
 
 
 async def _read_client_hello(
@@ -394,7 +413,10 @@ async def _serve_intercepted(
             return
         first, upstream, greeting = opening
         if upstream is not None:
-            await _decrypted_tunnel(env, tls, name, dest, upstream, first, greeting)
+            unverified = "" if upstream.verified else " [UNVERIFIED upstream: --insecure]"
+            label = f"{authority(dest.host, dest.port)} tunnel (not HTTP)"
+            await _pipe_opened(env, tls, upstream, name, label, first=first, greeting=greeting,
+                               note=unverified)  # fmt: skip
             return
         conn = new_server_conn(env.relay.config)
         conn.receive_data(percent_encode_request_line(first))
@@ -436,21 +458,8 @@ async def _first_decrypted(
     upstream = await _upstream_or_log(env, name, dest, relay_env)
     if upstream is None:
         return None
-    heard: dict[str, bytes] = {}
-
-    async def listen(side: str, source: trio.abc.Stream, scope: trio.CancelScope) -> None:
-        heard[side] = await _receive_or_eof(source, config.limits.read_size)
-        scope.cancel()  # the first to speak (or close) decides
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.cancel_scope.deadline = trio.current_time() + config.timeouts.idle
-            nursery.start_soon(listen, "client", tls, nursery.cancel_scope)
-            nursery.start_soon(listen, "server", upstream.stream, nursery.cancel_scope)
-    except BaseException:  # cancelled from outside (a shutdown): the upstream is ours to close
-        await trio.aclose_forcefully(upstream.stream)
-        raise
-    client, server = heard.get("client"), heard.get("server")
+    deadline = trio.current_time() + config.timeouts.idle
+    client, server = await _first_to_speak(tls, upstream, deadline, config, broken=b"")
     if client == b"" or server == b"" or (client is None and server is None):
         await trio.aclose_forcefully(upstream.stream)
         return None
@@ -476,35 +485,6 @@ async def _upstream_or_log(
     except MitmliteError as exc:
         env.relay.sink.event(name, f"{authority(dest.host, dest.port)} error: {exc}")
         return None
-
-
-async def _decrypted_tunnel(
-    env: ConnectionEnv,
-    tls: trio.SSLStream[trio.abc.Stream],
-    name: str,
-    dest: Destination,
-    upstream: Upstream,
-    first: bytes,
-    greeting: bytes,
-) -> None:
-    """Relay a protocol other than HTTP between the two TLS connections, bytes as they come."""
-    async with upstream.stream:
-        try:
-            with trio.fail_after(env.relay.config.timeouts.handshake):
-                if greeting:
-                    await tls.send_all(greeting)
-                if first:
-                    await upstream.stream.send_all(first)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-            return
-        sent, received = await pipe(tls, upstream.stream, env.relay.config.timeouts.idle)
-    sent, received = sent + len(first), received + len(greeting)
-    unverified = "" if upstream.verified else " [UNVERIFIED upstream: --insecure]"
-    env.relay.sink.event(
-        name,
-        f"{authority(dest.host, dest.port)} tunnel (not HTTP) closed: "
-        f"{sent}b up, {received}b down{unverified}",
-    )
 
 
 async def _client_handshake(
@@ -611,13 +591,31 @@ async def _raw_tunnel(
         greeting = b""
     else:
         upstream, greeting = opened
+    await _pipe_opened(env, stream, upstream, name, f"{target.authority} {kind}", greeting=greeting)
+
+
+async def _pipe_opened(
+    env: ConnectionEnv,
+    client: trio.abc.Stream,
+    upstream: Upstream,
+    name: str,
+    label: str,
+    *,
+    first: bytes = b"",
+    greeting: bytes = b"",
+    note: str = "",
+) -> None:
+    """Pipe ``client`` and an opened ``upstream`` both ways, after the bytes each side already
+    said (``first`` from the client, ``greeting`` from the server); log one line at the end."""
     async with upstream.stream:
         try:
             with trio.fail_after(env.relay.config.timeouts.handshake):
                 if greeting:
-                    await stream.send_all(greeting)
+                    await client.send_all(greeting)
+                if first:
+                    await upstream.stream.send_all(first)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             return
-        sent, received = await pipe(stream, upstream.stream, env.relay.config.timeouts.idle)
-    received += len(greeting)
-    env.relay.sink.event(name, f"{target.authority} {kind} closed: {sent}b up, {received}b down")
+        sent, received = await pipe(client, upstream.stream, env.relay.config.timeouts.idle)
+    sent, received = sent + len(first), received + len(greeting)
+    env.relay.sink.event(name, f"{label} closed: {sent}b up, {received}b down{note}")

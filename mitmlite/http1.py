@@ -22,6 +22,7 @@ __all__ = [
     "HOP_BY_HOP",
     "AbsoluteTarget",
     "ConnectTarget",
+    "authority",
     "classify_request",
     "error_response",
     "header_block_size",
@@ -77,7 +78,7 @@ class ConnectTarget:
     @property
     def authority(self) -> str:
         """``host:port``, with an IPv6 literal in brackets."""
-        return f"{_bracket(self.host)}:{self.port}"
+        return authority(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ class AbsoluteTarget:
     @property
     def authority(self) -> str:
         """``host:port`` (the port always present), with an IPv6 literal in brackets."""
-        return f"{_bracket(self.host)}:{self.port}"
+        return authority(self.host, self.port)
 
     @property
     def host_header(self) -> bytes:
@@ -278,8 +279,8 @@ def _absolute_http(scheme: str, rest: str, text: str, *, asterisk: bool = False)
     # have sent one; it never concerns the server, so it is dropped (mitmproxy passes it on).
     rest = rest.partition("#")[0]
     end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    authority, path = rest[:end], rest[end:]
-    host, port = parse_host_port(authority, 80, what="URL authority")
+    netloc, path = rest[:end], rest[end:]
+    host, port = parse_host_port(netloc, 80, what="URL authority")
     # RFC 9112 §3.2.1: an empty path is sent as "/"; but OPTIONS with neither path nor query
     # asks about the server itself, which the last proxy sends as "*" (§3.2.4).
     if asterisk and not path:
@@ -376,6 +377,11 @@ def _filter_headers(
         elif lowered not in drop:
             kept.append((name, value))
     return kept
+
+
+def authority(host: str, port: int) -> str:
+    """``host:port`` for messages and targets, an IPv6 address in brackets (RFC 3986 §3.2.2)."""
+    return f"{_bracket(host)}:{port}"
 
 
 def _bracket(host: str) -> str:

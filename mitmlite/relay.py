@@ -53,6 +53,7 @@ from mitmlite.flow import (
 from mitmlite.hooks import HookRunner
 from mitmlite.http1 import (
     ConnectTarget,
+    authority,
     classify_request,
     error_response,
     header_block_size,
@@ -66,7 +67,7 @@ from mitmlite.onboarding import is_onboarding_host, onboarding_response
 from mitmlite.pool import UpstreamPool
 from mitmlite.streams import PrefixedStream, deferred_send_error, pipe, receive_batch
 from mitmlite.tls.clienthello import looks_like_tls
-from mitmlite.upstream import Connector, Destination, Upstream, authority
+from mitmlite.upstream import Connector, Destination, Upstream
 
 Headers = list[tuple[bytes, bytes]]
 _E = TypeVar("_E", bound=h11.Event)
@@ -690,7 +691,7 @@ class Relay:
         if isinstance(event, h11.Response | h11.InformationalResponse):
             if _binds_connection(event.headers.raw_items()):
                 upstream.shareable = False
-            if isinstance(event, h11.Response) and _ambiguous_framing(event):
+            if isinstance(event, h11.Response) and _framed_both_ways(event):
                 upstream.keep_alive = False  # read by Transfer-Encoding; trust nothing after it
             if upstream.absolute_form and event.status_code == 407:
                 # The upstream proxy wants credentials the client cannot give: its challenge is
@@ -1212,17 +1213,19 @@ def _check_framing(request: h11.Request) -> None:
     take the rest as another request, one the next client's request could be appended to
     (request smuggling). RFC 9112 §6.1 lets a server reject it, and it must close after.
     """
-    names = {name for name, _ in request.headers}
-    if b"content-length" in names and b"transfer-encoding" in names:
+    if _framed_both_ways(request):
         raise ClientError("request has both Content-Length and Transfer-Encoding")
-    if request.http_version == b"1.0" and b"transfer-encoding" in names:
+    if request.http_version == b"1.0" and any(
+        n == b"transfer-encoding" for n, _ in request.headers
+    ):
         # HTTP/1.0 has no Transfer-Encoding: a server behind us may read this body by another
         # rule, so RFC 9112 §6.1 says to treat the framing as faulty.
         raise ClientError("HTTP/1.0 request with Transfer-Encoding")
 
 
-def _ambiguous_framing(head: h11.Response) -> bool:
-    names = {name for name, _ in head.headers}
+def _framed_both_ways(message: h11.Request | h11.Response) -> bool:
+    """Content-Length and Transfer-Encoding both present (h11 reads by the latter)."""
+    names = {name for name, _ in message.headers}
     return b"content-length" in names and b"transfer-encoding" in names
 
 

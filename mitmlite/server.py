@@ -284,7 +284,7 @@ async def _serve_until_signal(
                     say(banner(config, loaded, addresses))
                     if flush is not None:
                         accepting.start_soon(_every, FLUSH_SECONDS, flush)
-                    accepting.start_soon(_every, RELEASE_SECONDS, _release_free_heap)
+                    accepting.start_soon(_every, RELEASE_SECONDS, release_free_heap)
                     signum = await signals.__anext__()
                     accepting.cancel_scope.cancel()
                 # Not accepting any more: flows in progress may finish within the grace time,
@@ -307,11 +307,7 @@ async def _quit_on_signal(
     scope.cancel()
 
 
-def _release_free_heap() -> None:
-    release_free_heap()  # a no-op off glibc, or when little of the heap is free
-
-
-async def _every(seconds: float, chore: Flush) -> None:
+async def _every(seconds: float, chore: Callable[[], object]) -> None:
     # In a worker thread: a HAR rewrite is blocking file I/O that grows with the run, and the
     # connections must not stall on it (HarSink serialises its writes with a lock).
     while True:

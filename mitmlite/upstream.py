@@ -27,6 +27,7 @@ import trio
 from cryptography import x509
 
 from mitmlite.errors import UpstreamCertificateError, UpstreamError, UpstreamTimeoutError
+from mitmlite.http1 import authority
 from mitmlite.streams import DeferredSendErrors, deepen_send_queue
 
 
@@ -199,11 +200,6 @@ class TCPConnector:
         upstream = Upstream(dest.host, dest.port, stream, client_conn(), tcp, verified=verified)
         upstream.opened = (started, connected, time.monotonic() if dest.tls else None)
         return upstream
-
-
-def authority(host: str, port: int) -> str:
-    """``host:port`` for messages, an IPv6 address in brackets (RFC 3986 §3.2.2)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def resolve_host(host: str) -> str:

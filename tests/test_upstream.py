@@ -26,6 +26,7 @@ from mitmlite.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from mitmlite.http1 import authority
 from mitmlite.streams import SEND_QUEUE
 from mitmlite.tls.contexts import upstream_context
 from mitmlite.upstream import (
@@ -35,7 +36,6 @@ from mitmlite.upstream import (
     TCPConnector,
     Upstream,
     _tls_error,
-    authority,
     client_conn,
     open_tcp,
     resolve_host,
